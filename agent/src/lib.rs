@@ -1,0 +1,9 @@
+//! sluice: a node-level, eBPF-accelerated AI traffic agent.
+//!
+//! The binary (`main.rs`) is a thin edge over this library: [`app`] wires the subsystems,
+//! [`datapath`] owns the eBPF programs and maps, [`config`] holds every setting.
+
+pub mod app;
+pub mod config;
+pub mod datapath;
+pub mod telemetry;

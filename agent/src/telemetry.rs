@@ -1,0 +1,16 @@
+//! Logs (and, later, metrics). Logs are structured `tracing` events on stderr.
+
+use tracing_subscriber::EnvFilter;
+
+/// Environment variable with a `tracing` filter, e.g. `info,sluice::datapath=debug`.
+pub const ENV_LOG: &str = "SLUICE_LOG";
+
+pub fn init_logging() {
+    let filter = EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

@@ -1,0 +1,2 @@
+#![no_std]
+// This file exists to give the crate a library target (see Cargo.toml).

@@ -1,0 +1,17 @@
+//! sluice's eBPF programs: one object, one module per hook family, every map in `maps.rs`.
+#![no_std]
+#![no_main]
+
+mod connect;
+mod maps;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier proves that no program can reach a panic; this only satisfies the linker.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,5 @@
+//! Every integration test, as modules of one binary.
+
+mod privileged {
+    mod redirect;
+}

@@ -1,0 +1,38 @@
+//! `cargo xtask <verb>`: everything a fresh machine needs to build, test and demo sluice.
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod demo;
+mod setup;
+mod test;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "sluice project automation")]
+struct Cli {
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Install what this machine lacks: rust-src, bpf-linker, Debian packages.
+    Setup,
+    /// Set up, then run fmt, clippy, and every test (privileged ones when root).
+    Test(test::Options),
+    /// Run the demo: a node in network namespaces, the agent, a client and a model simulator.
+    Demo,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.verb {
+        Verb::Setup => setup::run(),
+        Verb::Test(opts) => test::run(&opts),
+        Verb::Demo => demo::run(),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
