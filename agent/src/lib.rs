@@ -3,7 +3,9 @@
 //! The binary (`main.rs`) is a thin edge over this library: [`app`] wires the subsystems,
 //! [`datapath`] owns the eBPF programs and maps, [`config`] holds every setting.
 
+pub mod admission;
 pub mod app;
 pub mod config;
 pub mod datapath;
+pub mod identity;
 pub mod telemetry;
