@@ -1,9 +1,15 @@
 //! Wires the subsystems together and runs until a shutdown signal.
 
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    runtime::Handle,
+    signal::unix::{SignalKind, signal},
+};
 use tracing::info;
 
-use crate::{config::Config, datapath::Datapath};
+use crate::{
+    config::Config,
+    datapath::{Datapath, Shutdown},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -19,15 +25,34 @@ pub enum Error {
 
 pub async fn run(config: Config) -> Result<(), Error> {
     info!(?config, "running with config");
-    let datapath = Datapath::start(&config)?;
+    let mut datapath = Datapath::start(config.datapath_settings(), &config.datapath_rules())?;
+    let runtime = Handle::current();
+    datapath.spawn_log(&runtime);
+    // The heartbeat must come from the runtime that serves redirected connections, so a wedged
+    // data plane goes stale and the node fails open instead of blackholing.
+    let heartbeat = datapath.spawn_heartbeat(&runtime);
     info!(
         cgroup = %datapath.cgroup().display(),
+        pin_dir = %datapath.pin_dir().display(),
         rules = config.intercepts.len(),
         "datapath attached"
     );
     shutdown_signal().await?;
-    info!("shutting down: detaching the datapath");
-    drop(datapath);
+    heartbeat.stop();
+    match datapath.shutdown(config.keep_pinned)? {
+        Shutdown::Kept { marked_down } => {
+            info!(
+                marked_down,
+                "shutting down: datapath left pinned for the next agent"
+            )
+        }
+        Shutdown::Removed(done) => info!(
+            links = done.links,
+            maps = done.maps,
+            "shutting down: datapath removed"
+        ),
+        Shutdown::HandedOver => info!("shutting down: another agent owns the datapath"),
+    }
     Ok(())
 }
 

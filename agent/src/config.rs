@@ -1,14 +1,30 @@
 //! One `Config` for the agent: every option has a flag, an environment variable and a default,
 //! and the resolved configuration is logged once at start.
 
-use std::{net::SocketAddrV4, path::PathBuf};
+use std::{
+    net::{SocketAddrV4, SocketAddrV6},
+    path::PathBuf,
+    time::Duration,
+};
 
-use crate::datapath::intercept::{InterceptRule, ParseRuleError};
+use crate::datapath::{
+    self, FailureMode, Rule,
+    intercept::{InterceptRule, ParseRuleError},
+};
 
 pub const ENV_CGROUP: &str = "SLUICE_CGROUP";
 pub const ENV_PROXY_ADDR: &str = "SLUICE_PROXY_ADDR";
+pub const ENV_PROXY_ADDR6: &str = "SLUICE_PROXY_ADDR6";
 pub const ENV_INTERCEPT: &str = "SLUICE_INTERCEPT";
 pub const ENV_AGENT_MARK: &str = "SLUICE_AGENT_MARK";
+pub const ENV_PIN_DIR: &str = "SLUICE_PIN_DIR";
+pub const ENV_KEEP_PINNED: &str = "SLUICE_KEEP_PINNED";
+pub const ENV_FAILURE_MODE: &str = "SLUICE_FAILURE_MODE";
+pub const ENV_STALE_AFTER: &str = "SLUICE_STALE_AFTER";
+pub const ENV_EXCLUDE_CGROUP: &str = "SLUICE_EXCLUDE_CGROUP";
+pub const ENV_PROXY_CGROUP: &str = "SLUICE_PROXY_CGROUP";
+pub const ENV_INCLUDE_SYSTEM: &str = "SLUICE_INCLUDE_SYSTEM";
+pub const ENV_INCLUDE_HOST_NETWORK: &str = "SLUICE_INCLUDE_HOST_NETWORK";
 
 /// `SO_MARK` on every socket the agent opens. Chosen clear of the bits Cilium (0x0F00),
 /// Calico (0xFFFF0000 by default) and kube-proxy (0x4000, 0x8000) use; change it when another
@@ -20,11 +36,31 @@ pub struct Config {
     /// The cgroup (v2) whose processes are intercepted: absolute, or relative to the cgroup2
     /// mount. In Kubernetes the pods' root (`kubepods`), in tests one the test makes.
     pub cgroup: PathBuf,
-    /// Where redirected connections land (the node proxy's listener).
+    /// Where redirected IPv4 connections land (the node proxy's listener).
     pub proxy_addr: SocketAddrV4,
+    /// Where redirected IPv6 connections land; without it IPv6 destinations are not
+    /// intercepted (and IPv6 rules are rejected).
+    pub proxy_addr6: Option<SocketAddrV6>,
     /// Destinations to intercept.
     pub intercepts: Vec<InterceptRule>,
     pub agent_mark: u32,
+    /// Where maps and links are pinned.
+    pub pin_dir: PathBuf,
+    /// On SIGTERM, leave the datapath pinned (marked down) for the next agent instead of
+    /// removing it. Set in Kubernetes, so rolling updates never detach the programs.
+    pub keep_pinned: bool,
+    /// What intercepted connections get while the agent is down.
+    pub failure_mode: FailureMode,
+    /// How old the heartbeat may be before the datapath treats the agent as down.
+    pub stale_after: Duration,
+    /// cgroup subtrees that are never intercepted unless `include_system`.
+    pub exclude_cgroups: Vec<PathBuf>,
+    /// The cgroup of the proxy's sockets, for `SO_ORIGINAL_DST`; the agent's own by default.
+    pub proxy_cgroup: Option<PathBuf>,
+    /// The `--intercept` rules also apply to excluded (system) cgroups.
+    pub include_system: bool,
+    /// The `--intercept` rules also apply to processes in the agent's network namespace.
+    pub include_host_network: bool,
 }
 
 /// `sluice run` flags. Each falls back to its environment variable.
@@ -33,15 +69,43 @@ pub struct RunArgs {
     /// cgroup v2 subtree to intercept (absolute, or relative to the cgroup2 mount).
     #[arg(long, env = ENV_CGROUP)]
     pub cgroup: PathBuf,
-    /// Address of the proxy listener that intercepted connections are sent to.
+    /// IPv4 address of the proxy listener that intercepted connections are sent to.
     #[arg(long = "proxy-addr", env = ENV_PROXY_ADDR)]
     pub proxy_addr: SocketAddrV4,
-    /// A destination to intercept: `ADDR:PORT`, `CIDR:PORT` or `*:PORT`. Repeatable.
+    /// IPv6 address of the proxy listener, e.g. `[2001:2::1]:15001`.
+    #[arg(long = "proxy-addr6", env = ENV_PROXY_ADDR6)]
+    pub proxy_addr6: Option<SocketAddrV6>,
+    /// A destination to intercept: `ADDR:PORT`, `CIDR:PORT` or `*:PORT`; IPv6 in brackets
+    /// (`[2001:2::7]:8000`, `[2001:2::/64]:8000`). Repeatable.
     #[arg(long = "intercept", env = ENV_INTERCEPT, value_delimiter = ',')]
     pub intercepts: Vec<String>,
     /// SO_MARK of the agent's own sockets (never intercepted).
     #[arg(long = "agent-mark", env = ENV_AGENT_MARK, default_value_t = DEFAULT_AGENT_MARK)]
     pub agent_mark: u32,
+    /// bpffs directory for the pinned maps and links.
+    #[arg(long = "pin-dir", env = ENV_PIN_DIR, default_value = datapath::pin::DEFAULT_DIR)]
+    pub pin_dir: PathBuf,
+    /// Keep the datapath pinned on SIGTERM (for the next agent) instead of removing it.
+    #[arg(long = "keep-pinned", env = ENV_KEEP_PINNED)]
+    pub keep_pinned: bool,
+    /// What intercepted connections get while the agent is down.
+    #[arg(long = "failure-mode", env = ENV_FAILURE_MODE, value_enum, default_value_t)]
+    pub failure_mode: FailureMode,
+    /// Heartbeat age after which the agent counts as down (`2s`, `500ms`).
+    #[arg(long = "stale-after", env = ENV_STALE_AFTER, default_value = "2s", value_parser = parse_duration)]
+    pub stale_after: Duration,
+    /// A cgroup subtree never intercepted unless --include-system. Repeatable.
+    #[arg(long = "exclude-cgroup", env = ENV_EXCLUDE_CGROUP, value_delimiter = ',')]
+    pub exclude_cgroups: Vec<PathBuf>,
+    /// cgroup of the proxy's sockets, for SO_ORIGINAL_DST (default: the agent's own).
+    #[arg(long = "proxy-cgroup", env = ENV_PROXY_CGROUP)]
+    pub proxy_cgroup: Option<PathBuf>,
+    /// Intercept excluded (system) cgroups too.
+    #[arg(long = "include-system", env = ENV_INCLUDE_SYSTEM)]
+    pub include_system: bool,
+    /// Intercept processes in the agent's network namespace too (standalone mode on one host).
+    #[arg(long = "include-host-network", env = ENV_INCLUDE_HOST_NETWORK)]
+    pub include_host_network: bool,
 }
 
 impl RunArgs {
@@ -54,8 +118,81 @@ impl RunArgs {
         Ok(Config {
             cgroup: self.cgroup,
             proxy_addr: self.proxy_addr,
+            proxy_addr6: self.proxy_addr6,
             intercepts,
             agent_mark: self.agent_mark,
+            pin_dir: self.pin_dir,
+            keep_pinned: self.keep_pinned,
+            failure_mode: self.failure_mode,
+            stale_after: self.stale_after,
+            exclude_cgroups: self.exclude_cgroups,
+            proxy_cgroup: self.proxy_cgroup,
+            include_system: self.include_system,
+            include_host_network: self.include_host_network,
         })
+    }
+}
+
+impl Config {
+    /// What the datapath needs of this configuration.
+    pub fn datapath_settings(&self) -> datapath::Settings {
+        datapath::Settings {
+            cgroup: self.cgroup.clone(),
+            proxy_cgroup: self.proxy_cgroup.clone(),
+            proxy4: Some(self.proxy_addr),
+            proxy6: self.proxy_addr6,
+            agent_mark: self.agent_mark,
+            pin_dir: self.pin_dir.clone(),
+            stale_after: self.stale_after,
+            exclude_cgroups: self.exclude_cgroups.clone(),
+        }
+    }
+
+    /// The `--intercept` rules as datapath rules (policy id = position).
+    pub fn datapath_rules(&self) -> Vec<Rule> {
+        self.intercepts
+            .iter()
+            .enumerate()
+            .map(|(i, dst)| Rule {
+                failure_mode: self.failure_mode,
+                include_system: self.include_system,
+                include_host_network: self.include_host_network,
+                ..Rule::new(*dst, u32::try_from(i).unwrap_or(u32::MAX))
+            })
+            .collect()
+    }
+}
+
+/// `500ms`, `2s`, `1m`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number and a unit (500ms, 2s, 1m)"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
+    };
+    if d.is_zero() {
+        return Err(format!("{s:?}: must be positive"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("2").is_err());
+        assert!(parse_duration("s").is_err());
     }
 }

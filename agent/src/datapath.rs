@@ -1,41 +1,87 @@
-//! The eBPF half: load the embedded object, configure its maps, attach its programs.
+//! The eBPF half: check the kernel, load the embedded object, adopt or create the pinned maps
+//! and links, keep the configuration maps in step with the configuration, and beat the heart.
+//!
+//! Lifecycle:
+//! - `Datapath::start` probes the kernel, then (under the pin directory's lock) loads every
+//!   program before attaching any, writes the maps, and adopts the pinned links of a previous
+//!   run or attaches new ones (see `links.rs`). Pinned maps are adopted when their geometry
+//!   matches the object; a map whose geometry changed (an upgrade) is replaced by a fresh one,
+//!   whose pin is swapped in once the new programs are attached.
+//! - The heartbeat ([`Heartbeat`]) runs on the runtime that serves traffic.
+//! - `Datapath::shutdown` either keeps everything pinned and marks the agent down at once (a
+//!   restart or rolling update: the next agent adopts it), or removes everything it pinned.
 
 use std::{
-    fs::File,
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6},
     path::{Path, PathBuf},
+    time::Duration,
 };
 
-use aya::{
-    Btf, Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, MapError, lpm_trie::Key},
-    programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
-};
+use aya::{Ebpf, EbpfError, maps::MapError, programs::ProgramError};
 use sluice_common::{
-    config::DatapathConfig,
-    intercept::{Intercept4, InterceptRule as RuleValue},
-    map_names, program_names,
+    config::{EXCLUDE_ALWAYS, EXCLUDE_SYSTEM},
+    counters::Counter,
+    map_names,
 };
-use tracing::debug;
+use tokio::runtime::Handle;
+use tracing::{info, warn};
 
-use crate::config::Config;
-
+pub mod apply;
 pub mod cgroup;
+pub mod counters;
+pub mod heartbeat;
 pub mod intercept;
+pub mod links;
+mod load;
+mod log;
+pub mod maps;
+pub mod origdst;
+pub mod pin;
+pub mod probe;
+pub mod stats;
+mod sys;
+
+pub use apply::Applied;
+pub use counters::Counters;
+pub use heartbeat::{AgentMap, Heartbeat};
+pub use intercept::{FailureMode, InterceptRule, Rule};
+pub use origdst::OrigDstTable;
+pub use pin::PinDir;
+
+use self::{
+    apply::{ExcludeTable, InterceptTable},
+    cgroup::Cgroup,
+};
 
 /// The object built by `build.rs` from `ebpf/programs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-ebpf"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error(transparent)]
+    Probe(#[from] probe::Error),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::Error),
+    #[error(transparent)]
+    Pin(#[from] pin::Error),
+    #[error(transparent)]
+    Maps(#[from] maps::Error),
+    #[error(transparent)]
+    Links(#[from] links::Error),
+    #[error(transparent)]
+    Apply(#[from] apply::Error),
+    #[error(transparent)]
+    Heartbeat(#[from] heartbeat::Error),
+    #[error(transparent)]
+    Counters(#[from] counters::Error),
+    #[error("invalid datapath configuration: {0}")]
+    Invalid(String),
     #[error("loading the eBPF object")]
-    Load(#[source] Box<aya::EbpfError>),
-    #[error("the eBPF object has no program `{name}`")]
-    MissingProgram { name: &'static str },
-    #[error("the eBPF object has no map `{name}`")]
-    MissingMap { name: &'static str },
-    #[error("program `{name}`")]
+    Load(#[source] Box<EbpfError>),
+    #[error("loading program `{name}` (nothing was attached)")]
     Program {
-        name: &'static str,
+        name: String,
         #[source]
         source: ProgramError,
     },
@@ -45,107 +91,324 @@ pub enum Error {
         #[source]
         source: MapError,
     },
-    #[error(transparent)]
-    Cgroup(#[from] cgroup::Error),
     #[error("opening cgroup {path}")]
     OpenCgroup {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+    #[error("reading this process's network namespace cookie (SO_NETNS_COOKIE)")]
+    NetnsCookie(#[source] std::io::Error),
 }
 
-/// The loaded programs and maps. Dropping it detaches the programs.
+/// What the datapath needs to know; derived from the agent's `Config`.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The intercepted cgroup subtree (absolute, or relative to the cgroup2 mount).
+    pub cgroup: PathBuf,
+    /// Where the proxy's accepted sockets live, for `SO_ORIGINAL_DST`; the agent's own cgroup
+    /// when `None`.
+    pub proxy_cgroup: Option<PathBuf>,
+    pub proxy4: Option<SocketAddrV4>,
+    pub proxy6: Option<SocketAddrV6>,
+    pub agent_mark: u32,
+    pub pin_dir: PathBuf,
+    /// How old the heartbeat may be before connections stop being redirected.
+    pub stale_after: Duration,
+    /// cgroup subtrees that are system scope (never intercepted unless a rule opts in).
+    pub exclude_cgroups: Vec<PathBuf>,
+}
+
+/// The running datapath. Dropping it keeps everything pinned (as a crash would): call
+/// [`Datapath::shutdown`] to choose.
 pub struct Datapath {
-    // Owns the programs, maps and links; dropping it detaches and unloads.
+    // Keeps the freshly loaded programs and maps alive until the links and pins hold them.
     _ebpf: Ebpf,
-    cgroup: PathBuf,
+    pins: PinDir,
+    settings: Settings,
+    clients: Cgroup,
+    proxy_cgroup: Cgroup,
+    intercept: InterceptTable,
+    exclude: ExcludeTable,
+    /// Exclusions from the settings and the agent itself.
+    static_exclusions: BTreeMap<u64, u32>,
+    /// System-scope exclusions set at run time (the pods of excluded namespaces).
+    dynamic_exclusions: BTreeSet<u64>,
+    agent: AgentMap,
+    counters: Counters,
+    links: Vec<links::Attached>,
+    logger: Option<log::Logger>,
+}
+
+/// What [`Datapath::shutdown`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Pins kept; the agent was marked down (fail-open/closed applies until the next agent).
+    Kept { marked_down: bool },
+    /// Everything pinned was removed.
+    Removed(pin::Uninstalled),
+    /// Another agent has taken the datapath over; it was left alone.
+    HandedOver,
 }
 
 // === impl Datapath ===
 
 impl Datapath {
-    /// Loads the object, writes the configuration and rules, then attaches `connect4` to the
-    /// configured cgroup: the maps are complete before the first connect() can see them.
-    pub fn start(config: &Config) -> Result<Self, Error> {
-        let cgroup = cgroup::resolve(&config.cgroup)?;
-        // Kernel BTF lets the loader relocate; without it the object still loads (no CO-RE use).
-        let btf = Btf::from_sys_fs().ok();
-        let mut ebpf = EbpfLoader::new()
-            .btf(btf.as_ref())
-            .load(OBJECT)
-            .map_err(|e| Error::Load(Box::new(e)))?;
+    /// Checks the kernel, loads, writes `rules` and the settings, and attaches.
+    pub fn start(settings: Settings, rules: &[Rule]) -> Result<Self, Error> {
+        probe::check()?;
+        validate(&settings, rules)?;
+        let clients = Cgroup::resolve(&settings.cgroup)?;
+        let own = Cgroup::own()?;
+        let proxy_cgroup = match &settings.proxy_cgroup {
+            Some(p) => Cgroup::resolve(p)?,
+            None => own.clone(),
+        };
+        let mut static_exclusions = BTreeMap::new();
+        for path in &settings.exclude_cgroups {
+            static_exclusions.insert(Cgroup::resolve(path)?.id, EXCLUDE_SYSTEM);
+        }
+        static_exclusions.insert(own.id, EXCLUDE_ALWAYS);
+        let netns_cookie = sys::own_netns_cookie().map_err(Error::NetnsCookie)?;
 
-        write_rules(&mut ebpf, config)?;
-        write_config(&mut ebpf, config)?;
-        attach_connect4(&mut ebpf, &cgroup)?;
+        let pins = PinDir::prepare(&settings.pin_dir)?;
+        let _lock = pins.lock()?;
+        let fresh_install = links::SPECS.iter().all(|s| !pins.map(s.pin).exists());
+        let started = Self::load_and_attach(
+            &pins,
+            settings,
+            clients,
+            proxy_cgroup,
+            static_exclusions,
+            netns_cookie,
+            rules,
+        );
+        if started.is_err() && fresh_install {
+            // Nothing of ours was attached before: leave no half-made datapath behind.
+            drop(_lock);
+            if let Err(e) = pins.uninstall() {
+                warn!(error = %e, "cleaning up after a failed start");
+            }
+        }
+        started
+    }
+
+    fn load_and_attach(
+        pins: &PinDir,
+        settings: Settings,
+        clients: Cgroup,
+        proxy_cgroup: Cgroup,
+        static_exclusions: BTreeMap<u64, u32>,
+        netns_cookie: u64,
+        rules: &[Rule],
+    ) -> Result<Self, Error> {
+        let expected = maps::expected(OBJECT)?;
+        let mismatched = maps::mismatches(pins.path(), &expected)?;
+        for m in &mismatched {
+            warn!(map = m.name, pinned = %m.pinned, object = %m.expected,
+                "pinned map has another layout (an upgrade); replacing it, its entries are lost");
+        }
+        let mut ebpf = load::object(OBJECT, pins, &mismatched)?;
+        load::stage_replacements(&ebpf, pins, &mismatched)?;
+        load::programs(&mut ebpf)?;
+        let map_ids = load::pinned_map_ids(&ebpf)?;
+        let logger = log::Logger::init(&mut ebpf);
+
+        let capacity = |name| expected.get(name).map_or(0, |g| g.max_entries);
+        let mut exclude = ExcludeTable::new(
+            load::take(&mut ebpf, map_names::EXCLUDE)?,
+            capacity(map_names::EXCLUDE),
+        );
+        exclude.apply(&static_exclusions)?;
+        let mut intercept = InterceptTable::new(
+            load::take(&mut ebpf, map_names::INTERCEPT)?,
+            capacity(map_names::INTERCEPT),
+        );
+        let applied = intercept.apply(rules)?;
+        let agent = AgentMap::new(load::take(&mut ebpf, map_names::AGENT)?);
+        agent.set_stale_after(settings.stale_after)?;
+        let counters = Counters::new(load::take(&mut ebpf, map_names::COUNTERS)?);
+        load::write_config(&mut ebpf, &settings, clients.level, netns_cookie)?;
+
+        let targets = links::Targets {
+            clients: load::open_cgroup(&clients)?,
+            proxy: load::open_cgroup(&proxy_cgroup)?,
+        };
+        let attached = links::attach_all(&ebpf, pins, &targets, &map_ids)?;
+        load::swap_pins(pins, &mismatched)?;
+        info!(
+            pin_dir = %pins.path().display(),
+            cgroup = %clients.path.display(),
+            adopted = attached.iter().filter(|l| l.adopted).count(),
+            attached = attached.iter().filter(|l| !l.adopted).count(),
+            rules = applied.total,
+            "datapath ready"
+        );
         Ok(Self {
             _ebpf: ebpf,
-            cgroup,
+            pins: pins.clone(),
+            settings,
+            clients,
+            proxy_cgroup,
+            intercept,
+            exclude,
+            static_exclusions,
+            dynamic_exclusions: BTreeSet::new(),
+            agent,
+            counters,
+            links: attached,
+            logger,
         })
     }
 
+    /// Replaces the interception rules, all or nothing (see `apply.rs`). A configuration that
+    /// does not fit is rejected, counted (`config_rejected`), and the old rules stay.
+    pub fn apply(&mut self, rules: &[Rule]) -> Result<Applied, Error> {
+        validate(&self.settings, rules)?;
+        let result = self.intercept.apply(rules);
+        if let Err(apply::Error::MapFull { .. }) = &result
+            && let Err(e) = self.counters.bump(Counter::ConfigRejected)
+        {
+            warn!(error = %e, "counting a rejected configuration failed");
+        }
+        Ok(result?)
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> Result<Vec<Rule>, Error> {
+        Ok(self.intercept.rules()?)
+    }
+
+    /// Sets the run-time system-scope exclusions (the cgroups of pods in kube-system and the
+    /// agent's namespace), keeping those from the settings and the agent's own cgroup.
+    pub fn set_system_exclusions(
+        &mut self,
+        cgroup_ids: impl IntoIterator<Item = u64>,
+    ) -> Result<Applied, Error> {
+        let wanted: BTreeSet<u64> = cgroup_ids.into_iter().collect();
+        let mut all: BTreeMap<u64, u32> = wanted.iter().map(|&id| (id, EXCLUDE_SYSTEM)).collect();
+        // The settings' entries win (the agent's own cgroup stays "always").
+        all.extend(self.static_exclusions.iter().map(|(&k, &v)| (k, v)));
+        let result = self.exclude.apply(&all);
+        if let Err(apply::Error::MapFull { .. }) = &result
+            && let Err(e) = self.counters.bump(Counter::ConfigRejected)
+        {
+            warn!(error = %e, "counting a rejected configuration failed");
+        }
+        let applied = result?;
+        self.dynamic_exclusions = wanted;
+        Ok(applied)
+    }
+
+    /// Polls the programs' log lines on `runtime`.
+    pub fn spawn_log(&mut self, runtime: &Handle) {
+        if let Some(logger) = self.logger.take() {
+            drop(logger.spawn(runtime));
+        }
+    }
+
+    /// Starts the heartbeat on `runtime`, which must be the runtime that serves redirected
+    /// connections: until its first beat, matching connections fail open (or closed).
+    pub fn spawn_heartbeat(&self, runtime: &Handle) -> Heartbeat {
+        Heartbeat::spawn(runtime, self.agent.clone(), self.settings.stale_after)
+    }
+
+    /// The proxy's lookup of accepted connections.
+    pub fn interceptions(&self) -> Result<OrigDstTable, Error> {
+        Ok(OrigDstTable::new(
+            maps::open_as(self.pins.path(), map_names::ORIG_DST, "LRU hash map")?,
+            self.counters.clone(),
+        ))
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn agent(&self) -> &AgentMap {
+        &self.agent
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        self.pins.path()
+    }
+
+    /// The intercepted cgroup.
     pub fn cgroup(&self) -> &Path {
-        &self.cgroup
+        &self.clients.path
+    }
+
+    /// The cgroup whose sockets `SO_ORIGINAL_DST` is answered for.
+    pub fn proxy_cgroup(&self) -> &Path {
+        &self.proxy_cgroup.path
+    }
+
+    /// The links, adopted or attached at start.
+    pub fn links(&self) -> &[links::Attached] {
+        &self.links
+    }
+
+    /// Stops the datapath. `keep_pinned`: leave everything attached and mark the agent down
+    /// now (connections fail open, or closed, until the next agent adopts it). Otherwise
+    /// remove everything pinned, unless another agent has taken over (a rolling update).
+    pub fn shutdown(self, keep_pinned: bool) -> Result<Shutdown, Error> {
+        if keep_pinned {
+            let marked_down = self.agent.mark_down_if_owner()?;
+            return Ok(Shutdown::Kept { marked_down });
+        }
+        let state = self.agent.read()?;
+        if state.pid != std::process::id() && state.is_alive(heartbeat::monotonic_ns()) {
+            warn!(
+                owner = state.pid,
+                "another agent is serving this datapath; leaving it pinned"
+            );
+            return Ok(Shutdown::HandedOver);
+        }
+        let pins = self.pins.clone();
+        drop(self);
+        Ok(Shutdown::Removed(pins.uninstall()?))
     }
 }
 
-fn write_config(ebpf: &mut Ebpf, config: &Config) -> Result<(), Error> {
-    let name = map_names::CONFIG;
-    let map = ebpf.map_mut(name).ok_or(Error::MissingMap { name })?;
-    let mut array: Array<_, DatapathConfig> =
-        Array::try_from(map).map_err(|source| Error::Map { name, source })?;
-    let value = DatapathConfig {
-        proxy_ip4: config.proxy_addr.ip().octets(),
-        proxy_port: config.proxy_addr.port().to_be_bytes(),
-        _pad0: [0; 2],
-        agent_mark: config.agent_mark,
-        enabled: 1,
-    };
-    array
-        .set(0, value, 0)
-        .map_err(|source| Error::Map { name, source })
-}
-
-fn write_rules(ebpf: &mut Ebpf, config: &Config) -> Result<(), Error> {
-    let name = map_names::INTERCEPT;
-    let map = ebpf.map_mut(name).ok_or(Error::MissingMap { name })?;
-    let mut trie: LpmTrie<_, Intercept4, RuleValue> =
-        LpmTrie::try_from(map).map_err(|source| Error::Map { name, source })?;
-    for (policy_id, rule) in config.intercepts.iter().enumerate() {
-        let key = Key::new(
-            Intercept4::prefix_len(rule.prefix_len),
-            Intercept4::new(rule.addr.octets(), rule.port),
+/// Rejects rules the datapath cannot serve safely.
+fn validate(settings: &Settings, rules: &[Rule]) -> Result<(), Error> {
+    if settings.proxy4.is_none() && settings.proxy6.is_none() {
+        return Err(Error::Invalid("no proxy address is configured".into()));
+    }
+    let proxies: Vec<SocketAddr> = settings
+        .proxy4
+        .map(SocketAddr::V4)
+        .into_iter()
+        .chain(settings.proxy6.map(SocketAddr::V6))
+        .collect();
+    for rule in rules {
+        // The proxy must never match a rule: a redirected connection would be redirected again
+        // by a second program during an upgrade, and the proxy's own upstream dials would loop.
+        if let Some(p) = proxies.iter().find(|p| rule.dst.matches(p.ip(), p.port())) {
+            return Err(Error::Invalid(format!(
+                "rule {} matches the proxy address {p} (a loop)",
+                rule.dst
+            )));
+        }
+        if rule.dst.is_v6() && settings.proxy6.is_none() {
+            return Err(Error::Invalid(format!(
+                "rule {} is IPv6 but no IPv6 proxy address (--proxy-addr6) is configured",
+                rule.dst
+            )));
+        }
+        let v4 = matches!(
+            rule.dst.target,
+            intercept::Target::Net {
+                addr: IpAddr::V4(_),
+                ..
+            }
         );
-        let value = RuleValue {
-            policy_id: u32::try_from(policy_id).unwrap_or(u32::MAX),
-            flags: 0,
-        };
-        trie.insert(&key, value, 0)
-            .map_err(|source| Error::Map { name, source })?;
-        debug!(%rule, "intercept rule installed");
+        if v4 && settings.proxy4.is_none() {
+            return Err(Error::Invalid(format!(
+                "rule {} is IPv4 but no IPv4 proxy address (--proxy-addr) is configured",
+                rule.dst
+            )));
+        }
     }
-    Ok(())
-}
-
-fn attach_connect4(ebpf: &mut Ebpf, cgroup: &Path) -> Result<(), Error> {
-    let name = program_names::CONNECT4;
-    let program: &mut CgroupSockAddr = ebpf
-        .program_mut(name)
-        .ok_or(Error::MissingProgram { name })?
-        .try_into()
-        .map_err(|source| Error::Program { name, source })?;
-    program
-        .load()
-        .map_err(|source| Error::Program { name, source })?;
-    let dir = File::open(cgroup).map_err(|source| Error::OpenCgroup {
-        path: cgroup.to_owned(),
-        source,
-    })?;
-    // `Single` is the only mode the kernel accepts for cgroup bpf_links (flags are rejected
-    // with EINVAL); links coexist with other programs on the same cgroup regardless.
-    program
-        .attach(&dir, CgroupAttachMode::Single)
-        .map_err(|source| Error::Program { name, source })?;
     Ok(())
 }

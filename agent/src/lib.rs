@@ -5,7 +5,9 @@
 
 pub mod admission;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod identity;
+pub mod socket;
 pub mod telemetry;

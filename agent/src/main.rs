@@ -4,7 +4,12 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use sluice::{app, config::RunArgs, telemetry};
+use sluice::{
+    app,
+    cli::{self, InspectArgs, UninstallArgs},
+    config::RunArgs,
+    telemetry,
+};
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Node-level AI traffic agent")]
@@ -17,6 +22,10 @@ struct Cli {
 enum Command {
     /// Load the datapath and serve until SIGINT or SIGTERM.
     Run(RunArgs),
+    /// Show the pinned datapath: intercepts, counters, connections, programs, agent.
+    Inspect(InspectArgs),
+    /// Detach and remove everything the agent pinned.
+    Uninstall(UninstallArgs),
     /// Print the version.
     Version,
 }
@@ -25,6 +34,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Inspect(args) => print(cli::inspect(&args)),
+        Command::Uninstall(args) => {
+            telemetry::init_logging();
+            print(cli::uninstall(&args))
+        }
         Command::Version => {
             println!("sluice {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -37,6 +51,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn print(output: Result<String, cli::Error>) -> anyhow::Result<()> {
+    print!("{}", output?);
+    Ok(())
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {

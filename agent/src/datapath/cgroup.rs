@@ -2,7 +2,10 @@
 //! most Kubernetes nodes, `/sys/fs/cgroup/unified` on hybrid layouts), so it is read from
 //! `/proc/self/mountinfo`, never assumed.
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -16,9 +19,56 @@ pub enum Error {
     NotMounted,
     #[error("cgroup {path} does not exist or is not a cgroup2 directory")]
     NotACgroup { path: PathBuf },
+    #[error("no cgroup v2 entry (`0::/...`) in /proc/self/cgroup")]
+    NoOwnCgroup,
+    #[error("cgroup {path} is not below the cgroup2 mount {mount}")]
+    OutsideMount { path: PathBuf, mount: PathBuf },
 }
 
 const MOUNTINFO: &str = "/proc/self/mountinfo";
+const SELF_CGROUP: &str = "/proc/self/cgroup";
+
+/// A resolved cgroup: its directory, its id and its depth below the root.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cgroup {
+    pub path: PathBuf,
+    /// What `bpf_get_current_cgroup_id()` reports for its processes: the directory's inode.
+    pub id: u64,
+    /// Its level, as `bpf_get_current_ancestor_cgroup_id()` counts: the root is 0.
+    pub level: u32,
+}
+
+impl Cgroup {
+    /// Resolves `path` (absolute, or relative to the cgroup2 mount).
+    pub fn resolve(path: &Path) -> Result<Self, Error> {
+        let mount = mount_point()?;
+        let full = resolve_in(&mount, path)?;
+        Self::at(&mount, full)
+    }
+
+    /// The cgroup this process runs in.
+    pub fn own() -> Result<Self, Error> {
+        let text = std::fs::read_to_string(SELF_CGROUP).map_err(|source| Error::Read {
+            path: SELF_CGROUP,
+            source,
+        })?;
+        let rel = parse_self_cgroup(&text).ok_or(Error::NoOwnCgroup)?;
+        let mount = mount_point()?;
+        Self::at(&mount, mount.join(rel.trim_start_matches('/')))
+    }
+
+    fn at(mount: &Path, path: PathBuf) -> Result<Self, Error> {
+        let rel = path.strip_prefix(mount).map_err(|_| Error::OutsideMount {
+            path: path.clone(),
+            mount: mount.to_owned(),
+        })?;
+        let level = u32::try_from(rel.components().count()).unwrap_or(u32::MAX);
+        let id = std::fs::metadata(&path)
+            .map_err(|_| Error::NotACgroup { path: path.clone() })?
+            .ino();
+        Ok(Self { path, id, level })
+    }
+}
 
 /// The mount point of the cgroup2 hierarchy.
 pub fn mount_point() -> Result<PathBuf, Error> {
@@ -31,10 +81,14 @@ pub fn mount_point() -> Result<PathBuf, Error> {
 
 /// Resolves `path` (absolute, or relative to the cgroup2 mount) to an existing cgroup directory.
 pub fn resolve(path: &Path) -> Result<PathBuf, Error> {
+    resolve_in(&mount_point()?, path)
+}
+
+fn resolve_in(mount: &Path, path: &Path) -> Result<PathBuf, Error> {
     let full = if path.is_absolute() {
         path.to_owned()
     } else {
-        mount_point()?.join(path)
+        mount.join(path)
     };
     if full.join("cgroup.procs").is_file() {
         Ok(full)
@@ -55,6 +109,11 @@ fn parse_mountinfo(text: &str) -> Option<PathBuf> {
         let mount_point = left.split_whitespace().nth(4)?;
         Some(PathBuf::from(unescape_octal(mount_point)))
     })
+}
+
+/// The cgroup v2 line of /proc/self/cgroup is `0::/path`.
+fn parse_self_cgroup(text: &str) -> Option<&str> {
+    text.lines().find_map(|l| l.strip_prefix("0::"))
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -103,6 +162,14 @@ mod tests {
     fn none_without_cgroup2() {
         let text = "35 31 0:32 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
         assert_eq!(parse_mountinfo(text), None);
+    }
+
+    #[test]
+    fn finds_the_v2_line_of_self_cgroup() {
+        let text =
+            "12:pids:/user.slice\n1:name=systemd:/user.slice\n0::/user.slice/session-1.scope\n";
+        assert_eq!(parse_self_cgroup(text), Some("/user.slice/session-1.scope"));
+        assert_eq!(parse_self_cgroup("3:cpu:/\n"), None);
     }
 
     #[test]

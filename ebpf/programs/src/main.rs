@@ -2,8 +2,11 @@
 #![no_std]
 #![no_main]
 
+mod addr;
 mod connect;
+mod getsockopt;
 mod maps;
+mod sockops;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,24 +1,53 @@
 //! Every map the programs use, with the reason for its size. All are BTF maps, so
-//! `bpftool map dump` prints field names.
+//! `bpftool map dump` prints field names. The agent pins every one of them under its pin
+//! directory and verifies a pinned map's geometry before adopting it.
 
 use aya_ebpf::{
-    btf_maps::{Array, LpmTrie, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use sluice_common::{
-    config::DatapathConfig,
+    agent::AgentState,
+    config::{DatapathConfig, Exclusion},
     counters::Counter,
-    intercept::{Intercept4, InterceptRule},
+    intercept::{InterceptKey, InterceptRule},
+    origdst::{ConnKey, OrigDst},
 };
 
 /// Interception rules. An LPM trie, never LRU: silent eviction would drop policy. 4096 rules
-/// cover every Service port of a large cluster; a fuller config is rejected by the agent.
+/// cover every Service port of a large cluster; a fuller configuration is rejected by the
+/// agent with the map's name and capacity, and the old rules stay.
 #[btf_map]
-pub static INTERCEPT: LpmTrie<Intercept4, InterceptRule, 4096> = LpmTrie::new();
+pub static INTERCEPT: LpmTrie<InterceptKey, InterceptRule, 4096> = LpmTrie::new();
 
 /// The agent's settings (one entry).
 #[btf_map]
 pub static CONFIG: Array<DatapathConfig, 1> = Array::new();
+
+/// The agent's heartbeat (one entry).
+#[btf_map]
+pub static AGENT: Array<AgentState, 1> = Array::new();
+
+/// cgroup subtrees that are not intercepted, keyed by cgroup id. A hash, never LRU, for the
+/// same reason as `INTERCEPT`. One entry per excluded pod (or configured subtree): 1024 covers
+/// the system pods of any node (the kubelet's default limit is 110 pods per node).
+#[btf_map]
+pub static EXCLUDE: HashMap<u64, Exclusion, 1024> = HashMap::new();
+
+/// Socket cookie -> original destination, written by connect4/6 and consumed by sock_ops a
+/// round trip later. (aya-ebpf 0.2.1's `SkStorage` is only reachable from sock_addr programs,
+/// so this LRU map is the socket-local record shared with sock_ops.) It holds connects in
+/// flight: 16384 covers a burst of that many simultaneous handshakes per node; entries of
+/// connects that never complete are evicted.
+#[btf_map]
+pub static SOCKETS: LruHashMap<u64, OrigDst, 16384> = LruHashMap::new();
+
+/// Client 4-tuple -> original destination, for the proxy. LRU so that a missed close can
+/// never fill it; entries are removed when the connection closes, so it holds live
+/// connections: 65536 is well above what one node's proxy keeps open. An evicted entry makes
+/// the proxy refuse that connection (counted), never guess its destination.
+#[btf_map]
+pub static ORIG_DST: LruHashMap<ConnKey, OrigDst, 65536> = LruHashMap::new();
 
 /// Per-CPU counters indexed by `Counter`.
 #[btf_map]
