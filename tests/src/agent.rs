@@ -50,7 +50,57 @@ impl AgentProcess {
         Self::start_command(command)
     }
 
-    pub fn start_command(mut command: Command) -> Self {
+    pub fn start_command(command: Command) -> Self {
+        let mut agent = Self::spawn(command);
+        agent.wait_for_log(READY_LINE, Duration::from_secs(20));
+        agent
+    }
+
+    /// Runs a start that must fail; returns its exit status and log.
+    pub fn expect_failure(command: Command, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let mut agent = Self::spawn(command);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                // Let the reader thread drain the pipe.
+                std::thread::sleep(Duration::from_millis(100));
+                return (status, agent.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent still running after {timeout:?}:\n{}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Everything the agent logged so far.
+    pub fn log(&self) -> String {
+        let (lines, _) = &*self.log;
+        lines.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+    }
+
+    /// SIGKILL, then reap: the agent dies without cleaning up.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGCONT);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the agent to exit on its own.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn spawn(mut command: Command) -> Self {
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::inherit())
@@ -69,9 +119,7 @@ impl AgentProcess {
                 cv.notify_all();
             }
         });
-        let mut agent = Self { child, log };
-        agent.wait_for_log(READY_LINE, Duration::from_secs(20));
-        agent
+        Self { child, log }
     }
 
     /// Waits until a log line contains `needle`; panics with the log so far on timeout or exit.

@@ -6,6 +6,10 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod net;
+pub mod netns;
+pub mod node;
+pub mod process;
 pub mod responder;
 
 #[cfg(test)]
