@@ -25,6 +25,9 @@ pub enum Error {
 
 pub async fn run(config: Config) -> Result<(), Error> {
     info!(?config, "running with config");
+    // Handlers first: a SIGTERM that arrives while the datapath starts must still run the
+    // shutdown below, not kill the process with the datapath half-owned.
+    let shutdown = shutdown_signal()?;
     let mut datapath = Datapath::start(config.datapath_settings(), &config.datapath_rules())?;
     let runtime = Handle::current();
     datapath.spawn_log(&runtime);
@@ -37,7 +40,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         rules = config.intercepts.len(),
         "datapath attached"
     );
-    shutdown_signal().await?;
+    shutdown.await;
     heartbeat.stop();
     match datapath.shutdown(config.keep_pinned)? {
         Shutdown::Kept { marked_down } => {
@@ -56,7 +59,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
     Ok(())
 }
 
-async fn shutdown_signal() -> Result<(), Error> {
+/// Installs the SIGTERM and SIGINT handlers now; the future completes on the first signal.
+fn shutdown_signal() -> Result<impl Future<Output = ()>, Error> {
     let mut term = signal(SignalKind::terminate()).map_err(|source| Error::Signal {
         signal: "SIGTERM",
         source,
@@ -65,9 +69,10 @@ async fn shutdown_signal() -> Result<(), Error> {
         signal: "SIGINT",
         source,
     })?;
-    tokio::select! {
-        _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
-        _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
-    }
-    Ok(())
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!(signal = "SIGTERM", "shutdown requested"),
+            _ = int.recv() => info!(signal = "SIGINT", "shutdown requested"),
+        }
+    })
 }

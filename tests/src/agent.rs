@@ -57,7 +57,10 @@ impl AgentProcess {
     }
 
     /// Runs a start that must fail; returns its exit status and log.
-    pub fn expect_failure(command: Command, timeout: Duration) -> (std::process::ExitStatus, String) {
+    pub fn expect_failure(
+        command: Command,
+        timeout: Duration,
+    ) -> (std::process::ExitStatus, String) {
         let mut agent = Self::spawn(command);
         let deadline = Instant::now() + timeout;
         loop {

@@ -219,9 +219,30 @@ impl Node {
     /// Starts `sluice` with [`Node::agent_args`] and `extra`, in the node, and waits until its
     /// datapath is attached.
     pub fn start_agent(&self, extra: &[&str]) -> AgentProcess {
+        let mut args = self.agent_args();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        self.start_agent_with(&args)
+    }
+
+    /// Starts `sluice` with exactly `args`, in the node.
+    pub fn start_agent_with(&self, args: &[String]) -> AgentProcess {
         let mut cmd = self.command(AgentProcess::binary());
-        cmd.args(self.agent_args()).args(extra);
+        cmd.args(args);
         AgentProcess::start_command(cmd)
+    }
+
+    /// Runs `sluice <args>` in the node and returns (success, stdout, stderr).
+    pub fn sluice(&self, args: &[&str]) -> (bool, String, String) {
+        let out = self
+            .command(AgentProcess::binary())
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("running sluice {args:?}: {e}"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// The proxy stand-in: answers on the proxy addresses with what it recovers about each

@@ -135,7 +135,12 @@ pub fn run_probe(mut cmd: Command, opts: &Connect) -> Value {
     let timeout = opts.timeout.unwrap_or(Duration::from_secs(2));
     cmd.args(["--timeout-ms", &timeout.as_millis().to_string()]);
     if let Some((server, within)) = &opts.until {
-        cmd.args(["--until", server, "--within-ms", &within.as_millis().to_string()]);
+        cmd.args([
+            "--until",
+            server,
+            "--within-ms",
+            &within.as_millis().to_string(),
+        ]);
     }
     let out = cmd
         .stdin(Stdio::null())

@@ -142,12 +142,16 @@ pub fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
 
 /// Detaches a link from its target now, whoever else holds it open (Linux 5.9).
 pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    // The kernel rejects any non-zero byte past the fields it knows, padding included, so
+    // the padding is an explicit zero field.
     #[repr(C, align(8))]
     struct Attr {
         link_fd: u32,
+        _pad: u32,
     }
     let mut attr = Attr {
         link_fd: raw(link)?,
+        _pad: 0,
     };
     bpf(BPF_LINK_DETACH, (&raw mut attr).cast(), size_of::<Attr>()).map(drop)
 }

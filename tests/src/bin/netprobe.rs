@@ -80,7 +80,9 @@ fn serve(opts: &HashMap<String, String>) {
     let listeners: Vec<TcpListener> = listen
         .split(',')
         .map(|a| {
-            let addr: SocketAddr = a.parse().unwrap_or_else(|_| fail(&format!("--listen {a:?}")));
+            let addr: SocketAddr = a
+                .parse()
+                .unwrap_or_else(|_| fail(&format!("--listen {a:?}")));
             TcpListener::bind(addr).unwrap_or_else(|e| fail(&format!("bind {addr}: {e}")))
         })
         .collect();
@@ -125,9 +127,9 @@ fn describe(conn: &TcpStream, name: &str, table: Option<&OrigDstTable>) -> Value
     let peer = conn.peer_addr().ok();
     let local = conn.local_addr().ok();
     let lookup = match (table, peer, local) {
-        (Some(t), Some(p), Some(l)) => t.lookup(p, l).map(|i| {
-            json!({"original_dst": i.original_dst.to_string(), "cgroup_id": i.cgroup_id})
-        }),
+        (Some(t), Some(p), Some(l)) => t
+            .lookup(p, l)
+            .map(|i| json!({"original_dst": i.original_dst.to_string(), "cgroup_id": i.cgroup_id})),
         _ => None,
     };
     let v6 = local.is_some_and(|l| l.is_ipv6());
@@ -175,7 +177,10 @@ fn connect_verb(opts: &HashMap<String, String>) {
     loop {
         attempts += 1;
         let mut result = attempt(to, mark, timeout);
-        let reached = result.get("server").and_then(Value::as_str).map(str::to_owned);
+        let reached = result
+            .get("server")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
         let done = match &until {
             None => true,
             Some(want) => reached.as_deref() == Some(want.as_str()) || start.elapsed() >= within,
@@ -198,7 +203,9 @@ fn attempt(to: SocketAddr, mark: Option<u32>, timeout: Duration) -> Value {
     };
     let mut stream = match stream {
         Ok(s) => s,
-        Err(e) => return json!({"error": e.to_string(), "errno": e.raw_os_error(), "stage": "connect"}),
+        Err(e) => {
+            return json!({"error": e.to_string(), "errno": e.raw_os_error(), "stage": "connect"});
+        }
     };
     let local = stream.local_addr().ok().map(|a| a.to_string());
     let _ = stream.set_read_timeout(Some(timeout));
@@ -234,9 +241,19 @@ fn sockopts(opts: &HashMap<String, String>) {
         let mut optlen = libc::socklen_t::try_from(len).unwrap_or(0);
         // SAFETY: `buf` and `optlen` are valid for writes of the sizes passed.
         let rc = unsafe {
-            libc::getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, buf.as_mut_ptr().cast(), &raw mut optlen)
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                buf.as_mut_ptr().cast(),
+                &raw mut optlen,
+            )
         };
-        if rc == 0 { json!({"len": optlen}) } else { json!({"errno": std::io::Error::last_os_error().raw_os_error()}) }
+        if rc == 0 {
+            json!({"len": optlen})
+        } else {
+            json!({"errno": std::io::Error::last_os_error().raw_os_error()})
+        }
     };
     let err = |r: Result<String, i32>| match r {
         Ok(a) => json!({"answer": a}),
