@@ -1,7 +1,11 @@
 //! Every integration test, as modules of one binary.
 
 mod privileged {
+    mod apply;
     mod failopen;
+    mod inspect;
     mod redirect;
     mod restart;
+    mod rules;
+    mod startup;
 }

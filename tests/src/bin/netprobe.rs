@@ -5,7 +5,7 @@
 //! result on stdout, which the test parses.
 //!
 //! ```text
-//! sluice-netprobe serve --listen ADDR --name NAME [--pin-dir DIR]
+//! sluice-netprobe serve --listen ADDR[,ADDR] --name NAME [--pin-dir DIR] [--hold-ms N]
 //! sluice-netprobe connect --to ADDR [--mark N] [--timeout-ms N] [--until NAME --within-ms N]
 //! sluice-netprobe sockopts --to ADDR
 //! ```
@@ -77,6 +77,7 @@ fn serve(opts: &HashMap<String, String>) {
     let listen: String = required(opts, "listen");
     let name: String = required(opts, "name");
     let pin_dir: Option<PathBuf> = opt(opts, "pin-dir");
+    let hold = Duration::from_millis(opt(opts, "hold-ms").unwrap_or(0));
     let listeners: Vec<TcpListener> = listen
         .split(',')
         .map(|a| {
@@ -97,7 +98,7 @@ fn serve(opts: &HashMap<String, String>) {
         .into_iter()
         .map(|l| {
             let (name, pin_dir) = (name.clone(), pin_dir.clone());
-            std::thread::spawn(move || accept_loop(&l, &name, pin_dir.as_deref()))
+            std::thread::spawn(move || accept_loop(&l, &name, pin_dir.as_deref(), hold))
         })
         .collect();
     for t in threads {
@@ -105,21 +106,45 @@ fn serve(opts: &HashMap<String, String>) {
     }
 }
 
-fn accept_loop(listener: &TcpListener, name: &str, pin_dir: Option<&std::path::Path>) {
+fn accept_loop(
+    listener: &TcpListener,
+    name: &str,
+    pin_dir: Option<&std::path::Path>,
+    hold: Duration,
+) {
     for conn in listener.incoming() {
         let Ok(mut conn) = conn else { continue };
-        let table = pin_dir.and_then(|d| OrigDstTable::open(d).ok());
-        let body = describe(&conn, name, table.as_ref());
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-        let mut buf = [0u8; 2048];
-        let _ = conn.read(&mut buf);
-        let body = body.to_string();
-        let reply = format!(
-            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let _ = conn.write_all(reply.as_bytes());
+        // Keeps the connection open for a while (for tests that look at live connections);
+        // each one on its own thread so others are not held up.
+        if !hold.is_zero() {
+            let (name, pin_dir) = (name.to_owned(), pin_dir.map(std::path::Path::to_path_buf));
+            std::thread::spawn(move || {
+                let body = answer(&conn, &name, pin_dir.as_deref());
+                std::thread::sleep(hold);
+                reply(&mut conn, &body);
+            });
+            continue;
+        }
+        let body = answer(&conn, name, pin_dir);
+        reply(&mut conn, &body);
     }
+}
+
+fn answer(conn: &TcpStream, name: &str, pin_dir: Option<&std::path::Path>) -> Value {
+    let table = pin_dir.and_then(|d| OrigDstTable::open(d).ok());
+    describe(conn, name, table.as_ref())
+}
+
+fn reply(conn: &mut TcpStream, body: &Value) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 2048];
+    let _ = conn.read(&mut buf);
+    let body = body.to_string();
+    let reply = format!(
+        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = conn.write_all(reply.as_bytes());
 }
 
 /// What the server side knows about an accepted connection.
