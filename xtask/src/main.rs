@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -22,6 +23,8 @@ enum Verb {
     Test(test::Options),
     /// Run the demo: a node in network namespaces, the agent, a client and a model simulator.
     Demo,
+    /// Run the benchmarks (as root) and print what they measure.
+    Bench,
 }
 
 fn main() {
@@ -30,6 +33,7 @@ fn main() {
         Verb::Setup => setup::run(),
         Verb::Test(opts) => test::run(&opts),
         Verb::Demo => demo::run(),
+        Verb::Bench => bench::run(),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

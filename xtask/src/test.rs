@@ -31,8 +31,17 @@ pub fn run(opts: &Options) -> Result<()> {
     if !opts.no_lint {
         lint()?;
     }
-    // The privileged tests spawn the real `sluice` binary, so it must be current.
-    cmd::run(cmd::cargo().args(["build", "--locked", "--package", "sluice", "--bins"]))?;
+    // The privileged tests spawn the real `sluice` and `sluice-netprobe` binaries, so they must
+    // be current.
+    cmd::run(cmd::cargo().args([
+        "build",
+        "--locked",
+        "--package",
+        "sluice",
+        "--package",
+        "sluice-tests",
+        "--bins",
+    ]))?;
     let mut test = cmd::cargo();
     test.args([
         "test",

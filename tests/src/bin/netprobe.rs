@@ -7,7 +7,9 @@
 //! ```text
 //! sluice-netprobe serve --listen ADDR[,ADDR] --name NAME [--pin-dir DIR] [--hold-ms N]
 //! sluice-netprobe connect --to ADDR [--mark N] [--timeout-ms N] [--until NAME --within-ms N]
+//! sluice-netprobe connects --to ADDR --count N
 //! sluice-netprobe sockopts --to ADDR
+//! sluice-netprobe udp --to ADDR
 //! ```
 //!
 //! `serve` answers every connection with an HTTP/1.0 response whose body is a JSON object
@@ -35,7 +37,9 @@ fn main() {
     match verb.as_str() {
         "serve" => serve(&opts),
         "connect" => connect_verb(&opts),
+        "connects" => connects(&opts),
         "sockopts" => sockopts(&opts),
+        "udp" => udp(&opts),
         other => fail(&format!("unknown verb {other:?}")),
     }
 }
@@ -220,6 +224,20 @@ fn connect_verb(opts: &HashMap<String, String>) {
     }
 }
 
+/// `count` bare connects (connect, close), for load: how many succeeded, how long they took.
+fn connects(opts: &HashMap<String, String>) {
+    let to: SocketAddr = required(opts, "to");
+    let count: u32 = required(opts, "count");
+    let start = Instant::now();
+    let ok = (0..count)
+        .filter(|_| TcpStream::connect_timeout(&to, Duration::from_secs(2)).is_ok())
+        .count();
+    println!(
+        "{}",
+        json!({"count": count, "ok": ok, "elapsed_ms": start.elapsed().as_millis() as u64})
+    );
+}
+
 /// One connection: connect, send a request, read the answer.
 fn attempt(to: SocketAddr, mark: Option<u32>, timeout: Duration) -> Value {
     let stream = match mark {
@@ -250,6 +268,27 @@ fn attempt(to: SocketAddr, mark: Option<u32>, timeout: Duration) -> Value {
             v
         }
         Err(_) => json!({"error": "not a netprobe answer", "raw": text, "stage": "parse"}),
+    }
+}
+
+// --- udp ---
+
+/// A connected UDP socket: where the kernel says it is connected to.
+fn udp(opts: &HashMap<String, String>) {
+    let to: SocketAddr = required(opts, "to");
+    let bind: SocketAddr = if to.is_ipv4() {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    } else {
+        SocketAddr::from(([0u16; 8], 0))
+    };
+    let sock = std::net::UdpSocket::bind(bind).unwrap_or_else(|e| fail(&format!("bind: {e}")));
+    let result = sock.connect(to).and_then(|()| sock.peer_addr());
+    match result {
+        Ok(peer) => println!("{}", json!({"peer": peer.to_string()})),
+        Err(e) => println!(
+            "{}",
+            json!({"error": e.to_string(), "errno": e.raw_os_error()})
+        ),
     }
 }
 

@@ -81,7 +81,9 @@ fn a_configuration_over_capacity_is_rejected_and_the_old_rules_stay() {
     };
     assert_eq!(reach("198.19.1.5:8000").as_deref(), Some("proxy"));
 
-    let e = dp.apply(&many(4097)).expect_err("4097 rules cannot fit 4096");
+    let e = dp
+        .apply(&many(4097))
+        .expect_err("4097 rules cannot fit 4096");
     let msg = e.to_string();
     assert!(
         msg.contains("INTERCEPT map is full")
@@ -92,7 +94,11 @@ fn a_configuration_over_capacity_is_rejected_and_the_old_rules_stay() {
     );
     assert_eq!(dp.rules().unwrap_or_else(|e| panic!("{e}")), first);
     assert_eq!(dp.counters().total(Counter::ConfigRejected).ok(), Some(1));
-    assert_eq!(reach("198.19.1.5:8000").as_deref(), Some("proxy"), "old rule still in force");
+    assert_eq!(
+        reach("198.19.1.5:8000").as_deref(),
+        Some("proxy"),
+        "old rule still in force"
+    );
 
     // Exactly the capacity fits, written as a difference.
     let full = many(4096);
@@ -129,13 +135,55 @@ fn rules_that_would_capture_the_proxy_are_refused() {
         let e = Datapath::start(settings(&node), &[rule(bad, 0)])
             .err()
             .unwrap_or_else(|| panic!("{bad} was accepted"));
-        assert!(e.to_string().contains("matches the proxy address"), "{bad}: {e}");
+        assert!(
+            e.to_string().contains("matches the proxy address"),
+            "{bad}: {e}"
+        );
         assert!(!node.pin_dir().exists(), "{bad}: a refused start left pins");
     }
-    let mut dp =
-        Datapath::start(settings(&node), &[rule("198.19.0.0/16:8000", 0)]).unwrap_or_else(|e| panic!("{e:#}"));
-    let e = dp.apply(&[rule("198.18.0.1:15001", 0)]).expect_err("a loop");
+    let mut dp = Datapath::start(settings(&node), &[rule("198.19.0.0/16:8000", 0)])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let e = dp
+        .apply(&[rule("198.18.0.1:15001", 0)])
+        .expect_err("a loop");
     assert!(e.to_string().contains("matches the proxy address"), "{e}");
     assert_eq!(dp.rules().map(|r| r.len()).ok(), Some(1));
+    assert!(matches!(dp.shutdown(false), Ok(Shutdown::Removed(_))));
+}
+
+#[test]
+fn exclusions_set_at_run_time_take_a_whole_subtree_out_of_scope() {
+    if !privileged("exclusions_set_at_run_time_take_a_whole_subtree_out_of_scope") {
+        return;
+    }
+    let node = Node::new("apply-exclude");
+    let app = node.pod("app");
+    let mut dp = Datapath::start(settings(&node), &[rule("198.19.0.0/16:8000", 0)])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    dp.agent().beat().unwrap_or_else(|e| panic!("{e}"));
+    let _proxy = node.start_proxy();
+    let quick = Connect {
+        timeout: Some(Duration::from_millis(300)),
+        ..Connect::default()
+    };
+    let vip = addr("198.19.0.10:8000");
+    assert_eq!(server(&app.connect(vip, &quick)), Some("proxy"));
+
+    // The pod's cgroup joins the system scope (what the Kubernetes source does for the pods of
+    // kube-system): not intercepted any more...
+    dp.set_system_exclusions([app.cgroup.id()])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(server(&app.connect(vip, &quick)), None);
+    // ...unless a rule opts in.
+    let mut opted = rule("198.19.0.0/16:8000", 0);
+    opted.include_system = true;
+    dp.apply(&[opted]).unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(server(&app.connect(vip, &quick)), Some("proxy"));
+    // And leaving the system scope restores the default.
+    dp.apply(&[rule("198.19.0.0/16:8000", 0)])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    dp.set_system_exclusions([])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(server(&app.connect(vip, &quick)), Some("proxy"));
     assert!(matches!(dp.shutdown(false), Ok(Shutdown::Removed(_))));
 }

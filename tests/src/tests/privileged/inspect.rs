@@ -79,7 +79,10 @@ fn inspect_shows_rules_counters_and_live_connections() {
     // A proxy that holds each connection open for a while, so it is live when inspected.
     let mut cmd = node.command(netprobe_binary());
     cmd.args(["serve", "--name", "proxy", "--hold-ms", "3000"])
-        .args(["--listen", &format!("{},{}", crate::node::PROXY4, crate::node::PROXY6)]);
+        .args([
+            "--listen",
+            &format!("{},{}", crate::node::PROXY4, crate::node::PROXY6),
+        ]);
     let mut proxy = crate::process::Spawned::start("holding proxy", cmd);
     proxy.wait_line("listening", Duration::from_secs(5));
 
@@ -103,16 +106,33 @@ fn inspect_shows_rules_counters_and_live_connections() {
 
     let pending = connect_in_background(&client, "198.19.7.7:8000");
     let conns = wait_for_connection(&node, "198.19.7.7:8000");
-    assert_eq!(conns["cgroup_id"].as_u64(), Some(client.cgroup.id()), "{conns}");
-    assert_eq!(conns["proxy"].as_str(), Some(crate::node::PROXY4), "{conns}");
+    assert_eq!(
+        conns["cgroup_id"].as_u64(),
+        Some(client.cgroup.id()),
+        "{conns}"
+    );
+    assert_eq!(
+        conns["proxy"].as_str(),
+        Some(crate::node::PROXY4),
+        "{conns}"
+    );
     let table = inspect(&node, "connections", &[]);
-    assert!(table.contains("ORIGINAL DESTINATION") && table.contains("198.19.7.7:8000"), "{table}");
+    assert!(
+        table.contains("ORIGINAL DESTINATION") && table.contains("198.19.7.7:8000"),
+        "{table}"
+    );
     assert_aligned(&table);
     // bpftool prints the same entry with field names (the maps carry BTF).
     let dump = bpftool::dump(&node.pin_dir().join("ORIG_DST"));
     let text = dump.to_string();
-    assert!(text.contains("cgroup_id") && text.contains("client_port"), "{text}");
-    assert_eq!(server(&pending.join().unwrap_or_else(|_| panic!("probe"))), Some("proxy"));
+    assert!(
+        text.contains("cgroup_id") && text.contains("client_port"),
+        "{text}"
+    );
+    assert_eq!(
+        server(&pending.join().unwrap_or_else(|_| panic!("probe"))),
+        Some("proxy")
+    );
 
     let counters = inspect_json(&node, "counters", &[]);
     let redirected = counters
@@ -120,13 +140,20 @@ fn inspect_shows_rules_counters_and_live_connections() {
         .and_then(|cs| cs.iter().find(|c| c["counter"] == "redirected"))
         .unwrap_or_else(|| panic!("{counters}"));
     assert_eq!(redirected["total"].as_u64(), Some(1), "{counters}");
-    assert!(redirected["per_cpu"].as_array().is_some_and(|v| !v.is_empty()));
+    assert!(
+        redirected["per_cpu"]
+            .as_array()
+            .is_some_and(|v| !v.is_empty())
+    );
     assert_aligned(&inspect(&node, "counters", &[]));
 
     let agent = inspect_json(&node, "agent", &[]);
     assert_eq!(agent["state"].as_str(), Some("alive"), "{agent}");
     let dump = bpftool::dump(&node.pin_dir().join("INTERCEPT")).to_string();
-    assert!(dump.contains("policy_id") && dump.contains("flags"), "{dump}");
+    assert!(
+        dump.contains("policy_id") && dump.contains("flags"),
+        "{dump}"
+    );
 }
 
 fn wait_for_connection(node: &Node, original: &str) -> Value {
@@ -139,7 +166,10 @@ fn wait_for_connection(node: &Node, original: &str) -> Value {
         {
             return c.clone();
         }
-        assert!(Instant::now() < deadline, "no live entry for {original}: {conns}");
+        assert!(
+            Instant::now() < deadline,
+            "no live entry for {original}: {conns}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -163,7 +193,10 @@ fn inspect_programs_measures_connect4_with_bpf_stats() {
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));
             for _ in 0..20 {
-                let r = client.connect(to.parse().unwrap_or_else(|e| panic!("{e}")), &Connect::default());
+                let r = client.connect(
+                    to.parse().unwrap_or_else(|e| panic!("{e}")),
+                    &Connect::default(),
+                );
                 assert_eq!(server(&r), Some("origin"), "{r}");
             }
         })
@@ -176,7 +209,13 @@ fn inspect_programs_measures_connect4_with_bpf_stats() {
         .unwrap_or_else(|| panic!("{progs}"));
     let runs = connect4["run_count"].as_u64().unwrap_or_default();
     let ns = connect4["run_time_ns"].as_u64().unwrap_or_default();
-    assert!(runs >= 20, "connect4 ran {runs} times in the window: {progs}");
-    eprintln!("connect4: {runs} runs, {} ns/run (bpf_stats)", ns / runs.max(1));
+    assert!(
+        runs >= 20,
+        "connect4 ran {runs} times in the window: {progs}"
+    );
+    eprintln!(
+        "connect4: {runs} runs, {} ns/run (bpf_stats)",
+        ns / runs.max(1)
+    );
     assert_eq!(progs.as_array().map(Vec::len), Some(4), "{progs}");
 }

@@ -108,16 +108,29 @@ fn system_cgroups_and_host_network_are_out_of_scope_unless_opted_in() {
     let mut agent = node.start_agent(&["--intercept", &rule]);
     let proxy = node.start_proxy();
     assert_eq!(landed(&app.connect(model.addr4(8000), &quick())), "proxy");
-    assert_eq!(landed(&dns.connect(model.addr4(8000), &quick())), "origin", "kube-system");
+    assert_eq!(
+        landed(&dns.connect(model.addr4(8000), &quick())),
+        "origin",
+        "kube-system"
+    );
     agent.kill();
     drop(proxy);
 
     // Opted in: the same callers are intercepted. (The node's own process is in the agent's
     // cgroup, outside the attached subtree, so host network is shown from a pod cgroup in the
     // node's namespace.)
-    let _agent = node.start_agent(&["--intercept", &rule, "--include-system", "--include-host-network"]);
+    let _agent = node.start_agent(&[
+        "--intercept",
+        &rule,
+        "--include-system",
+        "--include-host-network",
+    ]);
     let _proxy = node.start_proxy();
-    assert_eq!(landed(&dns.connect(model.addr4(8000), &quick())), "proxy", "kube-system opted in");
+    assert_eq!(
+        landed(&dns.connect(model.addr4(8000), &quick())),
+        "proxy",
+        "kube-system opted in"
+    );
     let mut host = app.cgroup.command(crate::process::netprobe_binary());
     node.netns().enter(&mut host);
     host.args(["connect", "--to", &model.addr4(8000).to_string()]);
@@ -165,7 +178,11 @@ fn ipv6_connections_are_redirected_and_recovered() {
     let r = client.connect(addr(vip), &quick());
     assert_eq!(landed(&r), "proxy", "{r}");
     assert_eq!(r["lookup"]["original_dst"].as_str(), Some(vip), "{r}");
-    assert_eq!(r["lookup"]["cgroup_id"].as_u64(), Some(client.cgroup.id()), "{r}");
+    assert_eq!(
+        r["lookup"]["cgroup_id"].as_u64(),
+        Some(client.cgroup.id()),
+        "{r}"
+    );
     // IP6T_SO_ORIGINAL_DST on the accepted IPv6 socket.
     assert_eq!(r["sockopt"].as_str(), Some(vip), "{r}");
     assert_eq!(
@@ -177,8 +194,39 @@ fn ipv6_connections_are_redirected_and_recovered() {
     // and recovered as the IPv4 address it meant.
     let r = client.connect(addr("[::ffff:198.19.0.10]:8000"), &quick());
     assert_eq!(landed(&r), "proxy", "{r}");
-    assert_eq!(r["lookup"]["original_dst"].as_str(), Some("198.19.0.10:8000"), "{r}");
+    assert_eq!(
+        r["lookup"]["original_dst"].as_str(),
+        Some("198.19.0.10:8000"),
+        "{r}"
+    );
     // Other IPv6 destinations are untouched.
     let r = client.connect(model.addr6(8000), &quick());
     assert_eq!(landed(&r), "origin", "{r}");
+}
+
+#[test]
+fn udp_is_left_alone() {
+    if !privileged("udp_is_left_alone") {
+        return;
+    }
+    let node = Node::new("rules-udp");
+    let client = node.pod("client");
+    let _agent = node.start_agent(&["--intercept", "198.19.0.0/16:8000", "--intercept", "*:53"]);
+    for to in ["198.19.0.10:8000", "198.19.0.53:53"] {
+        let out = client
+            .command(crate::process::netprobe_binary())
+            .args(["udp", "--to", to])
+            .output()
+            .unwrap_or_else(|e| panic!("udp probe: {e}"));
+        let r: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            r["peer"].as_str(),
+            Some(to),
+            "a UDP socket was redirected: {r}"
+        );
+    }
+    let seen = sluice::datapath::Counters::open(node.pin_dir())
+        .and_then(|c| c.total(sluice_common::counters::Counter::Seen))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(seen, 0, "UDP connects are not even counted");
 }

@@ -15,7 +15,10 @@ fn refused(node: &Node, args: &[String]) -> String {
     cmd.args(args);
     let (status, log) = AgentProcess::expect_failure(cmd, Duration::from_secs(20));
     assert!(!status.success(), "{log}");
-    let errors: Vec<&str> = log.lines().filter(|l| l.starts_with("sluice: error:")).collect();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with("sluice: error:"))
+        .collect();
     assert_eq!(errors.len(), 1, "one error line expected:\n{log}");
     assert!(
         bpftool::cgroup_programs(node.pods_cgroup().path()).is_empty(),
@@ -48,7 +51,11 @@ fn a_pin_directory_outside_bpffs_is_refused() {
     let dir = format!("/dev/shm/sluice-test-{}", unique_name("startup-tmpfs"));
     let line = refused(
         &node,
-        &with(&node, &[("--pin-dir", &dir)], &["--intercept", "198.19.0.0/16:8000"]),
+        &with(
+            &node,
+            &[("--pin-dir", &dir)],
+            &["--intercept", "198.19.0.0/16:8000"],
+        ),
     );
     assert!(line.contains("is not on a bpf filesystem"), "{line}");
     assert!(!std::path::Path::new(&dir).exists(), "{dir} was created");
@@ -60,7 +67,10 @@ fn an_unsafe_configuration_is_refused_before_anything_loads() {
         return;
     }
     let node = Node::new("startup-config");
-    let line = refused(&node, &with(&node, &[], &["--intercept", "198.18.0.1:15001"]));
+    let line = refused(
+        &node,
+        &with(&node, &[], &["--intercept", "198.18.0.1:15001"]),
+    );
     assert!(line.contains("matches the proxy address"), "{line}");
     // An IPv6 rule needs an IPv6 proxy address.
     let mut args = with(&node, &[], &["--intercept", "[2001:2:0:ffff::/64]:8000"]);
@@ -96,9 +106,15 @@ fn unrelated_getsockopt_calls_pass_through_unchanged() {
     // datapath does not know (the kernel's own error, whatever it is on this host).
     let before = probe(&node);
     let _agent = node.start_agent(&["--intercept", "198.19.0.0/16:8000"]);
-    assert_eq!(bpftool::cgroup_programs(node.agent_cgroup().path()).len(), 1);
+    assert_eq!(
+        bpftool::cgroup_programs(node.agent_cgroup().path()).len(),
+        1
+    );
     let with_program = probe(&node);
     eprintln!("getsockopt results: {before}");
     assert_eq!(with_program, before);
-    assert!(before["tcp_info_large"]["len"].as_u64().is_some(), "{before}");
+    assert!(
+        before["tcp_info_large"]["len"].as_u64().is_some(),
+        "{before}"
+    );
 }
