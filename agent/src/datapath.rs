@@ -13,17 +13,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    net::{SocketAddrV4, SocketAddrV6},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use aya::{Ebpf, EbpfError, maps::MapError, programs::ProgramError};
-use sluice_common::{
-    config::{EXCLUDE_ALWAYS, EXCLUDE_SYSTEM},
-    counters::Counter,
-    map_names,
-};
+use sluice_common::{config::EXCLUDE_SYSTEM, counters::Counter, map_names};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
@@ -39,6 +35,7 @@ pub mod maps;
 pub mod origdst;
 pub mod pin;
 pub mod probe;
+mod setup;
 pub mod stats;
 mod sys;
 
@@ -52,6 +49,7 @@ pub use pin::PinDir;
 use self::{
     apply::{ExcludeTable, InterceptTable},
     cgroup::Cgroup,
+    setup::{Resolved, Tables, validate},
 };
 
 /// The object built by `build.rs` from `ebpf/programs`.
@@ -158,34 +156,14 @@ impl Datapath {
     pub fn start(settings: Settings, rules: &[Rule]) -> Result<Self, Error> {
         probe::check()?;
         validate(&settings, rules)?;
-        let clients = Cgroup::resolve(&settings.cgroup)?;
-        let own = Cgroup::own()?;
-        let proxy_cgroup = match &settings.proxy_cgroup {
-            Some(p) => Cgroup::resolve(p)?,
-            None => own.clone(),
-        };
-        let mut static_exclusions = BTreeMap::new();
-        for path in &settings.exclude_cgroups {
-            static_exclusions.insert(Cgroup::resolve(path)?.id, EXCLUDE_SYSTEM);
-        }
-        static_exclusions.insert(own.id, EXCLUDE_ALWAYS);
-        let netns_cookie = sys::own_netns_cookie().map_err(Error::NetnsCookie)?;
-
+        let resolved = Resolved::of(&settings)?;
         let pins = PinDir::prepare(&settings.pin_dir)?;
-        let _lock = pins.lock()?;
+        let lock = pins.lock()?;
         let fresh_install = links::SPECS.iter().all(|s| !pins.map(s.pin).exists());
-        let started = Self::load_and_attach(
-            &pins,
-            settings,
-            clients,
-            proxy_cgroup,
-            static_exclusions,
-            netns_cookie,
-            rules,
-        );
+        let started = Self::load_and_attach(&pins, settings, resolved, rules);
         if started.is_err() && fresh_install {
             // Nothing of ours was attached before: leave no half-made datapath behind.
-            drop(_lock);
+            drop(lock);
             if let Err(e) = pins.uninstall() {
                 warn!(error = %e, "cleaning up after a failed start");
             }
@@ -196,10 +174,7 @@ impl Datapath {
     fn load_and_attach(
         pins: &PinDir,
         settings: Settings,
-        clients: Cgroup,
-        proxy_cgroup: Cgroup,
-        static_exclusions: BTreeMap<u64, u32>,
-        netns_cookie: u64,
+        resolved: Resolved,
         rules: &[Rule],
     ) -> Result<Self, Error> {
         let expected = maps::expected(OBJECT)?;
@@ -213,49 +188,34 @@ impl Datapath {
         load::programs(&mut ebpf)?;
         let map_ids = load::pinned_map_ids(&ebpf)?;
         let logger = log::Logger::init(&mut ebpf);
-
-        let capacity = |name| expected.get(name).map_or(0, |g| g.max_entries);
-        let mut exclude = ExcludeTable::new(
-            load::take(&mut ebpf, map_names::EXCLUDE)?,
-            capacity(map_names::EXCLUDE),
-        );
-        exclude.apply(&static_exclusions)?;
-        let mut intercept = InterceptTable::new(
-            load::take(&mut ebpf, map_names::INTERCEPT)?,
-            capacity(map_names::INTERCEPT),
-        );
-        let applied = intercept.apply(rules)?;
-        let agent = AgentMap::new(load::take(&mut ebpf, map_names::AGENT)?);
-        agent.set_stale_after(settings.stale_after)?;
-        let counters = Counters::new(load::take(&mut ebpf, map_names::COUNTERS)?);
-        load::write_config(&mut ebpf, &settings, clients.level, netns_cookie)?;
+        let tables = Tables::write(&mut ebpf, &expected, &settings, &resolved, rules)?;
 
         let targets = links::Targets {
-            clients: load::open_cgroup(&clients)?,
-            proxy: load::open_cgroup(&proxy_cgroup)?,
+            clients: load::open_cgroup(&resolved.clients)?,
+            proxy: load::open_cgroup(&resolved.proxy_cgroup)?,
         };
         let attached = links::attach_all(&ebpf, pins, &targets, &map_ids)?;
         load::swap_pins(pins, &mismatched)?;
         info!(
             pin_dir = %pins.path().display(),
-            cgroup = %clients.path.display(),
+            cgroup = %resolved.clients.path.display(),
             adopted = attached.iter().filter(|l| l.adopted).count(),
             attached = attached.iter().filter(|l| !l.adopted).count(),
-            rules = applied.total,
+            rules = rules.len(),
             "datapath ready"
         );
         Ok(Self {
             _ebpf: ebpf,
             pins: pins.clone(),
             settings,
-            clients,
-            proxy_cgroup,
-            intercept,
-            exclude,
-            static_exclusions,
+            clients: resolved.clients,
+            proxy_cgroup: resolved.proxy_cgroup,
+            intercept: tables.intercept,
+            exclude: tables.exclude,
+            static_exclusions: resolved.static_exclusions,
             dynamic_exclusions: BTreeSet::new(),
-            agent,
-            counters,
+            agent: tables.agent,
+            counters: tables.counters,
             links: attached,
             logger,
         })
@@ -368,47 +328,4 @@ impl Datapath {
         drop(self);
         Ok(Shutdown::Removed(pins.uninstall()?))
     }
-}
-
-/// Rejects rules the datapath cannot serve safely.
-fn validate(settings: &Settings, rules: &[Rule]) -> Result<(), Error> {
-    if settings.proxy4.is_none() && settings.proxy6.is_none() {
-        return Err(Error::Invalid("no proxy address is configured".into()));
-    }
-    let proxies: Vec<SocketAddr> = settings
-        .proxy4
-        .map(SocketAddr::V4)
-        .into_iter()
-        .chain(settings.proxy6.map(SocketAddr::V6))
-        .collect();
-    for rule in rules {
-        // The proxy must never match a rule: a redirected connection would be redirected again
-        // by a second program during an upgrade, and the proxy's own upstream dials would loop.
-        if let Some(p) = proxies.iter().find(|p| rule.dst.matches(p.ip(), p.port())) {
-            return Err(Error::Invalid(format!(
-                "rule {} matches the proxy address {p} (a loop)",
-                rule.dst
-            )));
-        }
-        if rule.dst.is_v6() && settings.proxy6.is_none() {
-            return Err(Error::Invalid(format!(
-                "rule {} is IPv6 but no IPv6 proxy address (--proxy-addr6) is configured",
-                rule.dst
-            )));
-        }
-        let v4 = matches!(
-            rule.dst.target,
-            intercept::Target::Net {
-                addr: IpAddr::V4(_),
-                ..
-            }
-        );
-        if v4 && settings.proxy4.is_none() {
-            return Err(Error::Invalid(format!(
-                "rule {} is IPv4 but no IPv4 proxy address (--proxy-addr) is configured",
-                rule.dst
-            )));
-        }
-    }
-    Ok(())
 }

@@ -16,7 +16,13 @@ const CONNECTS: u32 = 2000;
 fn connects(pod: &crate::node::Pod, to: SocketAddr) -> Value {
     let out = pod
         .command(netprobe_binary())
-        .args(["connects", "--to", &to.to_string(), "--count", &CONNECTS.to_string()])
+        .args([
+            "connects",
+            "--to",
+            &to.to_string(),
+            "--count",
+            &CONNECTS.to_string(),
+        ])
         .output()
         .unwrap_or_else(|e| panic!("connects: {e}"));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}"))
@@ -63,7 +69,12 @@ fn connect4_cost_per_connect() {
     // and one that is redirected.
     let _ = connects(&client, model.addr4(8000));
     let miss = measure(&node, || connects(&client, model.addr4(8000)));
-    let hit = measure(&node, || connects(&client, "198.19.0.10:8000".parse().unwrap_or_else(|e| panic!("{e}"))));
+    let hit = measure(&node, || {
+        connects(
+            &client,
+            "198.19.0.10:8000".parse().unwrap_or_else(|e| panic!("{e}")),
+        )
+    });
     std::thread::sleep(Duration::from_millis(100));
     for (case, rows) in [("no rule matches", &miss), ("redirected", &hit)] {
         for (link, runs, ns) in rows.iter().filter(|r| r.1 > 0) {
