@@ -1,11 +1,16 @@
 //! `sluice inspect` and `sluice uninstall`: read (or remove) the pinned datapath from another
 //! process, without the agent.
 
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
 use std::{path::PathBuf, time::Duration};
 
-use aya::maps::{LpmTrie, MapInfo};
+use aya::maps::{Array, LpmTrie, MapData, MapInfo};
 use serde::Serialize;
-use sluice_common::{agent::AgentState, map_names};
+use sluice_common::{
+    agent::AgentState,
+    config::{CFG_PROXY4, CFG_PROXY6, DatapathConfig},
+    map_names,
+};
 
 use crate::{
     config::{ENV_PIN_DIR, parse_duration},
@@ -107,6 +112,9 @@ struct AgentView {
     heartbeat_age_secs: Option<f64>,
     stale_after_secs: f64,
     pid: u32,
+    /// The proxy addresses in `CONFIG`.
+    proxy: Vec<String>,
+    agent_mark: u32,
 }
 
 /// Runs `sluice inspect`, returning what to print.
@@ -120,7 +128,7 @@ pub fn inspect(args: &InspectArgs) -> Result<String, Error> {
         What::Counters => counters(&Counters::open(dir)?, args.json),
         What::Connections => connections(&OrigDstTable::open(dir)?, args.json),
         What::Programs => programs(dir, args.sample, args.json),
-        What::Agent => agent(&AgentMap::open(dir)?.read()?, args.json),
+        What::Agent => agent(&AgentMap::open(dir)?.read()?, &config(dir)?, args.json),
     }
 }
 
@@ -295,7 +303,28 @@ fn programs(dir: &std::path::Path, sample: Option<Duration>, json: bool) -> Resu
     Ok(format!("{}{note}", t.render()))
 }
 
-fn agent(state: &AgentState, json: bool) -> Result<String, Error> {
+fn config(dir: &std::path::Path) -> Result<DatapathConfig, Error> {
+    let name = map_names::CONFIG;
+    let array: Array<MapData, DatapathConfig> = maps::open_as(dir, name, "array")?;
+    array
+        .get(&0, 0)
+        .map_err(|source| Error::Info { map: name, source })
+}
+
+fn proxies(cfg: &DatapathConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if cfg.flags & CFG_PROXY4 != 0 {
+        let ip = Ipv4Addr::from(cfg.proxy_ip4);
+        out.push(SocketAddrV4::new(ip, u16::from_be_bytes(cfg.proxy_port4)).to_string());
+    }
+    if cfg.flags & CFG_PROXY6 != 0 {
+        let ip = Ipv6Addr::from(cfg.proxy_ip6);
+        out.push(SocketAddrV6::new(ip, u16::from_be_bytes(cfg.proxy_port6), 0, 0).to_string());
+    }
+    out
+}
+
+fn agent(state: &AgentState, cfg: &DatapathConfig, json: bool) -> Result<String, Error> {
     let now = heartbeat::monotonic_ns();
     let view = AgentView {
         state: if state.heartbeat_ns == 0 {
@@ -309,6 +338,8 @@ fn agent(state: &AgentState, json: bool) -> Result<String, Error> {
             .then(|| now.saturating_sub(state.heartbeat_ns) as f64 / 1e9),
         stale_after_secs: state.stale_after_ns as f64 / 1e9,
         pid: state.pid,
+        proxy: proxies(cfg),
+        agent_mark: cfg.agent_mark,
     };
     if json {
         return Ok(serde_json::to_string_pretty(&view)?);

@@ -149,6 +149,11 @@ fn inspect_shows_rules_counters_and_live_connections() {
 
     let agent = inspect_json(&node, "agent", &[]);
     assert_eq!(agent["state"].as_str(), Some("alive"), "{agent}");
+    assert_eq!(
+        agent["proxy"],
+        serde_json::json!([crate::node::PROXY4, crate::node::PROXY6]),
+        "{agent}"
+    );
     let dump = bpftool::dump(&node.pin_dir().join("INTERCEPT")).to_string();
     assert!(
         dump.contains("policy_id") && dump.contains("flags"),
