@@ -9,4 +9,5 @@ pub mod config;
 pub mod datapath;
 pub mod identity;
 pub mod inspect;
+pub mod proxy;
 pub mod telemetry;

@@ -6,6 +6,8 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod loopback;
+pub mod modelsim;
 pub mod responder;
 
 #[cfg(test)]

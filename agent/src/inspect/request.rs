@@ -77,6 +77,12 @@ const NOT_TEXT: &[&str] = &[
 // === impl InferenceRequest ===
 
 impl InferenceRequest {
+    /// The body sent upstream asks for usage although the client did not: the usage-only
+    /// chunk must be removed from what the client receives.
+    pub fn usage_injected(&self) -> bool {
+        self.usage_splice.is_some()
+    }
+
     pub(super) fn from_document(
         api: Api,
         doc: &Document,

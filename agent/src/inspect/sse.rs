@@ -242,6 +242,11 @@ impl Relay {
         }
     }
 
+    /// Whether this relay removes events.
+    pub fn strips(&self) -> bool {
+        self.strip
+    }
+
     pub fn scanner(&self) -> &Scanner {
         &self.scanner
     }
