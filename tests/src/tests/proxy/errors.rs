@@ -1,0 +1,1 @@
+//! Every error a client can act on, in OpenAI's shape, with the right status.

@@ -1,0 +1,1 @@
+//! Streams that end badly: client abort, upstream reset, idle upstream, slow reader.
