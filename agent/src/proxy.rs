@@ -379,8 +379,8 @@ fn server_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(config.header_read_timeout)
         .max_headers(config.max_headers)
         .max_buf_size(config.max_header_bytes.max(8192))
-        .keep_alive(true)
-        .pipeline_flush(true);
+        // No `pipeline_flush`: with it hyper drops its own 431/400 answers to bad heads.
+        .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
