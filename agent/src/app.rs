@@ -53,7 +53,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let metrics = Arc::new(proxy::Metrics::new(&registry)?);
     warn!("original-destination lookup is not wired to the datapath yet: connections are refused");
     let deps = Deps::transparent(Arc::new(NotWired), Arc::new(CgroupOnly));
-    let proxy = Proxy::bind(config.proxy.clone(), deps, metrics, Some(admin.local_addr()))?;
+    let proxy = Proxy::bind(
+        config.proxy.clone(),
+        deps,
+        metrics,
+        Some(admin.local_addr()),
+    )?;
     drop(proxy_ready);
     let (stop_proxy, proxy_stopped) = tokio::sync::oneshot::channel::<()>();
     let serving = tokio::spawn(proxy.serve(async {

@@ -272,13 +272,13 @@ impl Proxy {
         info!(component = "proxy", "draining connections");
         let _ = drain_tx.send(true);
         let all = u32::try_from(limit).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(
-            self.shared.config.drain_timeout,
-            permits.acquire_many(all),
-        )
-        .await;
+        let drained =
+            tokio::time::timeout(self.shared.config.drain_timeout, permits.acquire_many(all)).await;
         if drained.is_err() {
-            warn!(component = "proxy", "drain timeout: closing remaining connections");
+            warn!(
+                component = "proxy",
+                "drain timeout: closing remaining connections"
+            );
         }
     }
 
@@ -335,9 +335,8 @@ async fn serve_connection(
     metrics.active_connections.inc();
     let peer = conn.peer;
     let conn = Arc::new(conn);
-    let service = service_fn(move |request| {
-        http::serve(Arc::clone(&shared), Arc::clone(&conn), request)
-    });
+    let service =
+        service_fn(move |request| http::serve(Arc::clone(&shared), Arc::clone(&conn), request));
     let connection = server.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(connection);
     let result = tokio::select! {

@@ -55,13 +55,13 @@ struct Recorder(Arc<Mutex<Vec<Usage>>>);
 impl FakeInterception {
     pub fn map(&self, client: &str, original_dst: SocketAddr) {
         let ip: IpAddr = client.parse().unwrap_or_else(|e| panic!("{client}: {e}"));
-        self.table
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(ip, Interception {
+        self.table.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            ip,
+            Interception {
                 original_dst,
                 cgroup_id: 4242,
-            });
+            },
+        );
     }
 }
 
@@ -110,9 +110,8 @@ impl TestProxy {
             Arc::new(CgroupOnly),
         ));
         let registry = Registry::new();
-        let metrics = Arc::new(
-            proxy::Metrics::new(&registry).unwrap_or_else(|e| panic!("metrics: {e}")),
-        );
+        let metrics =
+            Arc::new(proxy::Metrics::new(&registry).unwrap_or_else(|e| panic!("metrics: {e}")));
         let (stop, stopped) = oneshot::channel::<()>();
         let (bound_tx, bound_rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -181,7 +180,10 @@ impl Drop for TestProxy {
 
 impl RecordingAdmission {
     pub fn settled(&self) -> Vec<Usage> {
-        self.settled.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.settled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Waits (bounded) until `n` tickets have settled.

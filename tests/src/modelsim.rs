@@ -211,15 +211,11 @@ async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let (config, state, server) = (
-            Arc::clone(&config),
-            Arc::clone(&state),
-            Arc::clone(&server),
-        );
+        let (config, state, server) =
+            (Arc::clone(&config), Arc::clone(&state), Arc::clone(&server));
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                handle(Arc::clone(&config), Arc::clone(&state), req)
-            });
+            let service =
+                service_fn(move |req| handle(Arc::clone(&config), Arc::clone(&state), req));
             let _ = server.serve_connection(TokioIo::new(stream), service).await;
         });
     }
@@ -232,7 +228,11 @@ async fn handle(
 ) -> Result<Response<SimBody>, Infallible> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
-    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let response = match (&parts.method, path.as_str()) {
         (&Method::GET, "/v1/models") => json_response(
             StatusCode::OK,
@@ -255,7 +255,12 @@ async fn handle(
 fn echo(headers: &HeaderMap, body: &Bytes) -> Response<SimBody> {
     let headers: serde_json::Map<String, Value> = headers
         .iter()
-        .map(|(k, v)| (k.to_string(), Value::from(String::from_utf8_lossy(v.as_bytes()))))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                Value::from(String::from_utf8_lossy(v.as_bytes())),
+            )
+        })
         .collect();
     let mut response = Response::new(SimBody::Full(Full::new(body.clone())));
     if let Ok(v) = Value::Object(headers).to_string().parse() {
@@ -342,7 +347,10 @@ async fn generate(
     let job = Job {
         chat: path.ends_with("/chat/completions"),
         embeddings: path.ends_with("/embeddings"),
-        model: request["model"].as_str().unwrap_or(&config.model).to_owned(),
+        model: request["model"]
+            .as_str()
+            .unwrap_or(&config.model)
+            .to_owned(),
         stream: request["stream"].as_bool().unwrap_or(false),
         include_usage: request["stream_options"]["include_usage"]
             .as_bool()
@@ -460,9 +468,7 @@ async fn produce(
         };
         let (event, cut) = send(event);
         if cut {
-            let _ = tx
-                .send(Err(std::io::Error::other("simulated reset")))
-                .await;
+            let _ = tx.send(Err(std::io::Error::other("simulated reset"))).await;
             return (generated, false);
         }
         if tx.send(Ok(Bytes::from(event))).await.is_err() {
@@ -535,7 +541,10 @@ fn count_prompt(request: &Value) -> u64 {
         }
     }
     let messages = request["messages"].as_array().map_or(0, Vec::len) as u64;
-    words(&request["messages"]) + words(&request["prompt"]) + words(&request["input"]) + 4 * messages
+    words(&request["messages"])
+        + words(&request["prompt"])
+        + words(&request["input"])
+        + 4 * messages
 }
 
 fn finish(state: &State, index: usize, generated: u64, completed: bool) {

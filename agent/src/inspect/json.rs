@@ -57,7 +57,9 @@ pub fn parse(body: &[u8], max_depth: usize) -> Result<Document, Error> {
         violation: &violation,
     };
     let mut de = serde_json::Deserializer::from_str(text);
-    let result = de.deserialize_map(top).and_then(|raw| de.end().map(|()| raw));
+    let result = de
+        .deserialize_map(top)
+        .and_then(|raw| de.end().map(|()| raw));
     let raw = match result {
         Ok(raw) => raw,
         Err(e) => return Err(classify(e, violation.take(), max_depth)),

@@ -48,7 +48,10 @@ pub(super) enum UsageSplice {
     /// No `stream_options`: insert one before the closing brace at this offset.
     Insert { at: usize },
     /// Replace the `stream_options` value (`null`, `{}`, or without `include_usage`) at this span.
-    Replace { span: std::ops::Range<usize>, value: String },
+    Replace {
+        span: std::ops::Range<usize>,
+        value: String,
+    },
 }
 
 /// Template tokens per message (OpenAI documents 3 per message plus 3 to prime the reply; an
@@ -95,7 +98,8 @@ impl InferenceRequest {
             Some(_) => return Err(Error::field("model", "must be a string")),
         };
         let stream = opt_bool(get("stream"), "stream")?.unwrap_or(false);
-        let (include_usage, usage_splice) = stream_options(api, stream, get("stream_options"), doc.end)?;
+        let (include_usage, usage_splice) =
+            stream_options(api, stream, get("stream_options"), doc.end)?;
         let max_output_tokens = max_output(api, &get)?;
         let user = match get("user").map(|f| &f.value) {
             Some(Value::String(u)) => Some(u.clone()),
@@ -173,7 +177,12 @@ fn stream_options(
             let include = match options.get("include_usage") {
                 Some(Value::Bool(b)) => *b,
                 Some(Value::Null) | None => false,
-                Some(_) => return Err(Error::field("stream_options.include_usage", "must be a boolean")),
+                Some(_) => {
+                    return Err(Error::field(
+                        "stream_options.include_usage",
+                        "must be a boolean",
+                    ));
+                }
             };
             let splice = (asks && !include).then(|| {
                 // Re-serialising one small object keeps its keys (serde_json's map is sorted,
@@ -197,10 +206,12 @@ fn max_output<'a>(
     get: &impl Fn(&str) -> Option<&'a Field>,
 ) -> Result<Option<u64>, Error> {
     let cap = match api {
-        Api::ChatCompletions => match opt_count(get("max_completion_tokens"), "max_completion_tokens")? {
-            Some(cap) => Some(cap),
-            None => opt_count(get("max_tokens"), "max_tokens")?,
-        },
+        Api::ChatCompletions => {
+            match opt_count(get("max_completion_tokens"), "max_completion_tokens")? {
+                Some(cap) => Some(cap),
+                None => opt_count(get("max_tokens"), "max_tokens")?,
+            }
+        }
         // The Completions API generates 16 tokens when no cap is given.
         Api::Completions => Some(opt_count(get("max_tokens"), "max_tokens")?.unwrap_or(16)),
         Api::Responses => opt_count(get("max_output_tokens"), "max_output_tokens")?,

@@ -39,7 +39,11 @@ fn reads_the_typed_view() {
     .unwrap();
     assert_eq!(r.model, "gpt-4o");
     assert!(r.stream && r.include_usage);
-    assert_eq!(r.max_output_tokens, Some(100), "max_completion_tokens wins, times n");
+    assert_eq!(
+        r.max_output_tokens,
+        Some(100),
+        "max_completion_tokens wins, times n"
+    );
     assert_eq!(r.user.as_deref(), Some("u1"));
     assert_eq!(r.prompt.text, "be brief\nhello");
     assert_eq!(r.prompt.items, 2);
@@ -103,16 +107,31 @@ fn token_id_prompts_count_exactly() {
     assert_eq!(r.prompt.token_ids, 4);
     assert_eq!(r.prompt.exact(), 4);
     assert_eq!(r.max_output_tokens, Some(21), "best_of are all generated");
-    let r = parse(Api::Completions, br#"{"model":"m","prompt":"x"}"#, &Limits::default()).unwrap();
+    let r = parse(
+        Api::Completions,
+        br#"{"model":"m","prompt":"x"}"#,
+        &Limits::default(),
+    )
+    .unwrap();
     assert_eq!(r.max_output_tokens, Some(16), "the Completions default");
-    let r = parse(Api::Embeddings, br#"{"model":"m","input":"x"}"#, &Limits::default()).unwrap();
+    let r = parse(
+        Api::Embeddings,
+        br#"{"model":"m","input":"x"}"#,
+        &Limits::default(),
+    )
+    .unwrap();
     assert_eq!(r.max_output_tokens, Some(0));
 }
 
 #[test]
 fn prompt_tokens_bound_and_count() {
-    let r = chat(r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello world"}]}"#).unwrap();
-    assert_eq!(r.prompt.exact(), 2 + 4, "2 text tokens + one message's template");
+    let r =
+        chat(r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hello world"}]}"#).unwrap();
+    assert_eq!(
+        r.prompt.exact(),
+        2 + 4,
+        "2 text tokens + one message's template"
+    );
     assert!(r.prompt.upper_bound() >= r.prompt.exact());
 }
 
@@ -180,9 +199,13 @@ fn malformed_bodies_are_errors() {
         assert_eq!(err.code(), code, "{body}: {err}");
     }
     assert_eq!(
-        parse(Api::ChatCompletions, b"{\"model\":\"\xff\"}", &Limits::default())
-            .unwrap_err()
-            .code(),
+        parse(
+            Api::ChatCompletions,
+            b"{\"model\":\"\xff\"}",
+            &Limits::default()
+        )
+        .unwrap_err()
+        .code(),
         "invalid_json"
     );
 }
@@ -195,7 +218,8 @@ fn injected(body: &str) -> (InferenceRequest, String) {
 
 #[test]
 fn include_usage_is_spliced_without_moving_anything_else() {
-    let body = r#"{"zeta":1,"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}  "#;
+    let body =
+        r#"{"zeta":1,"model":"m","stream":true,"messages":[{"role":"user","content":"hi"}]}  "#;
     let (r, out) = injected(body);
     assert!(!r.include_usage);
     assert_eq!(
@@ -233,5 +257,8 @@ fn include_usage_is_spliced_without_moving_anything_else() {
     // Responses and Messages streams always carry usage: untouched.
     let body = br#"{"model":"m","stream":true,"input":"x"}"#;
     let r = parse(Api::Responses, body, &Limits::default()).unwrap();
-    assert_eq!(&with_usage_requested(&r, Bytes::from_static(body))[..], body);
+    assert_eq!(
+        &with_usage_requested(&r, Bytes::from_static(body))[..],
+        body
+    );
 }

@@ -154,8 +154,8 @@ impl Meter {
             self.parse_errors += 1;
             return EventKind::Other;
         };
-        let usage_only = message.choices.as_ref().is_some_and(Vec::is_empty)
-            && message.usage.is_some();
+        let usage_only =
+            message.choices.as_ref().is_some_and(Vec::is_empty) && message.usage.is_some();
         if matches!(message.kind.as_deref(), Some("error")) || message.error.is_some() {
             self.upstream_error = true;
         }

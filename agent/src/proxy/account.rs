@@ -39,7 +39,10 @@ pub struct Account {
 enum Mode {
     Sse(Relay),
     /// A JSON body, kept (up to a cap) to read its `usage` at the end.
-    Json { buf: BytesMut, cap: usize },
+    Json {
+        buf: BytesMut,
+        cap: usize,
+    },
     Opaque,
 }
 
@@ -73,7 +76,10 @@ pub struct Limits {
 // === impl Account ===
 
 impl Account {
-    #[expect(clippy::too_many_arguments, reason = "one constructor call site, all parts distinct")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one constructor call site, all parts distinct"
+    )]
     pub fn new(
         api: Api,
         kind: &ResponseKind,
@@ -229,10 +235,16 @@ impl Account {
         let (input, output) = self.meter.reported();
         let usage = self.meter.usage(|| self.prompt.exact());
         if input.is_none() {
-            self.metrics.usage_estimated.with_label_values(&["input"]).inc();
+            self.metrics
+                .usage_estimated
+                .with_label_values(&["input"])
+                .inc();
         }
         if output.is_none() {
-            self.metrics.usage_estimated.with_label_values(&["output"]).inc();
+            self.metrics
+                .usage_estimated
+                .with_label_values(&["output"])
+                .inc();
         }
         usage
     }
@@ -271,7 +283,10 @@ impl Drop for Account {
                 let mut this = Account {
                     api: self.api,
                     mode: Mode::Opaque,
-                    meter: std::mem::replace(&mut self.meter, Meter::new(crate::inspect::Encoding::O200k)),
+                    meter: std::mem::replace(
+                        &mut self.meter,
+                        Meter::new(crate::inspect::Encoding::O200k),
+                    ),
                     ticket: self.ticket.take(),
                     prompt: std::mem::take(&mut self.prompt),
                     success: self.success,

@@ -163,7 +163,10 @@ impl Body for ResponseBody {
 // === impl RelayBody ===
 
 impl RelayBody {
-    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+    fn poll_relay(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         loop {
             match &mut self.state {
                 State::Done => return Poll::Ready(None),
@@ -260,7 +263,9 @@ pub async fn read_limited(
         let mut total = 0usize;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|source| Error::BodyRead { source })?;
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             total += data.len();
             if total > limit {
                 return Err(Error::BodyTooLarge { limit });

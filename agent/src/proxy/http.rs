@@ -62,7 +62,11 @@ pub async fn serve(
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let api = inspect::classify(request.method(), request.uri().path());
-    let kind = if api.is_some() { "inference" } else { "passthrough" };
+    let kind = if api.is_some() {
+        "inference"
+    } else {
+        "passthrough"
+    };
     let result = match (conn.self_call, api) {
         (true, _) => Err(Error::LoopDetected {
             addr: conn.interception.original_dst,
@@ -72,7 +76,11 @@ pub async fn serve(
     };
     let response = result.unwrap_or_else(|error| {
         debug!(peer = %conn.peer, %error, code = error.code(), "request refused");
-        shared.metrics.errors.with_label_values(&[error.code()]).inc();
+        shared
+            .metrics
+            .errors
+            .with_label_values(&[error.code()])
+            .inc();
         respond::error(&error)
     });
     shared
@@ -108,8 +116,13 @@ async fn inference(
     let started = Instant::now();
     let declared = content_length(&parts.headers);
     let config = &shared.config;
-    let body = body::read_limited(body, declared, config.max_body_bytes, config.body_read_timeout)
-        .await?;
+    let body = body::read_limited(
+        body,
+        declared,
+        config.max_body_bytes,
+        config.body_read_timeout,
+    )
+    .await?;
     shared.bytes_upstream.inc_by(body.len() as u64);
     let (parsed, body) = parse(shared, api, body).await?;
     shared
@@ -172,11 +185,7 @@ async fn inference(
 }
 
 /// Parses the body, on the blocking pool when it is large.
-async fn parse(
-    shared: &Shared,
-    api: Api,
-    body: Bytes,
-) -> Result<(InferenceRequest, Bytes), Error> {
+async fn parse(shared: &Shared, api: Api, body: Bytes) -> Result<(InferenceRequest, Bytes), Error> {
     let limits = shared.config.limits;
     if body.len() <= INLINE_PARSE_MAX {
         let parsed = inspect::parse(api, &body, &limits)?;
@@ -189,9 +198,11 @@ async fn parse(
     match parsed {
         Ok(result) => Ok(result?),
         // Only a panic in the parser gets here; refuse the request rather than forward it.
-        Err(_) => Err(Error::Inspect(inspect::Error::Json(inspect::json::Error::Syntax {
-            message: "body could not be parsed".to_owned(),
-        }))),
+        Err(_) => Err(Error::Inspect(inspect::Error::Json(
+            inspect::json::Error::Syntax {
+                message: "body could not be parsed".to_owned(),
+            },
+        ))),
     }
 }
 

@@ -68,30 +68,51 @@ impl Metrics {
         };
         let model = &["gen_ai_request_model"];
         let active_connections =
-            IntGauge::new("sluice_active_connections", "Client connections open now.")
-                .map_err(|source| Error { name: "sluice_active_connections", source })?;
+            IntGauge::new("sluice_active_connections", "Client connections open now.").map_err(
+                |source| Error {
+                    name: "sluice_active_connections",
+                    source,
+                },
+            )?;
         registry
             .register(Box::new(active_connections.clone()))
-            .map_err(|source| Error { name: "sluice_active_connections", source })?;
+            .map_err(|source| Error {
+                name: "sluice_active_connections",
+                source,
+            })?;
         let sse_oversize_lines = IntCounter::new(
             "sluice_sse_oversize_lines_total",
             "SSE lines over the scanner's limit (skipped for metering, still relayed).",
         )
-        .map_err(|source| Error { name: "sluice_sse_oversize_lines_total", source })?;
+        .map_err(|source| Error {
+            name: "sluice_sse_oversize_lines_total",
+            source,
+        })?;
         registry
             .register(Box::new(sse_oversize_lines.clone()))
-            .map_err(|source| Error { name: "sluice_sse_oversize_lines_total", source })?;
+            .map_err(|source| Error {
+                name: "sluice_sse_oversize_lines_total",
+                source,
+            })?;
         let inspect_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "sluice_inspect_duration_seconds",
                 "Time to read and parse one inference request body.",
             )
-            .buckets(vec![1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.025, 0.1]),
+            .buckets(vec![
+                1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.025, 0.1,
+            ]),
         )
-        .map_err(|source| Error { name: "sluice_inspect_duration_seconds", source })?;
+        .map_err(|source| Error {
+            name: "sluice_inspect_duration_seconds",
+            source,
+        })?;
         registry
             .register(Box::new(inspect_duration.clone()))
-            .map_err(|source| Error { name: "sluice_inspect_duration_seconds", source })?;
+            .map_err(|source| Error {
+                name: "sluice_inspect_duration_seconds",
+                source,
+            })?;
         Ok(Self {
             requests: counter(
                 "sluice_requests_total",
@@ -200,6 +221,8 @@ impl Metrics {
     }
 
     pub fn observe_seconds(histogram: &HistogramVec, model: &str, d: Duration) {
-        histogram.with_label_values(&[model]).observe(d.as_secs_f64());
+        histogram
+            .with_label_values(&[model])
+            .observe(d.as_secs_f64());
     }
 }

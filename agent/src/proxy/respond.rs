@@ -20,7 +20,9 @@ pub enum Error {
     Inspect(#[from] inspect::Error),
     #[error("request body is over the {limit}-byte inspection limit")]
     BodyTooLarge { limit: usize },
-    #[error("inference requests must be JSON (`Content-Type: application/json`), not {content_type:?}")]
+    #[error(
+        "inference requests must be JSON (`Content-Type: application/json`), not {content_type:?}"
+    )]
     UnsupportedMediaType { content_type: String },
     #[error("inference requests must not be compressed (`Content-Encoding: {encoding}`)")]
     UnsupportedEncoding { encoding: String },

@@ -91,7 +91,11 @@ impl Drop for ReadyGuard {
 impl Admin {
     /// Binds `addr` and serves on a new thread. `registry` is where every subsystem (and the
     /// datapath's per-CPU counters, as a `prometheus::core::Collector`) registers.
-    pub fn start(addr: SocketAddr, registry: Registry, readiness: Readiness) -> Result<Self, Error> {
+    pub fn start(
+        addr: SocketAddr,
+        registry: Registry,
+        readiness: Readiness,
+    ) -> Result<Self, Error> {
         let listener = std::net::TcpListener::bind(addr)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .map_err(|source| Error::Bind { addr, source })?;

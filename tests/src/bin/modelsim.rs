@@ -14,7 +14,9 @@ fn main() -> Result<()> {
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--addr" => config.addr = value.parse().context("--addr")?,
             "--tps" => config.tokens_per_second = value.parse().context("--tps")?,

@@ -15,6 +15,7 @@ use tokio::{
 
 use crate::loopback::CLIENT;
 
+mod admin;
 mod errors;
 mod inference;
 mod passthrough;
@@ -37,15 +38,29 @@ pub fn curl(args: &[&str], stdin: Option<&[u8]>) -> Curl {
 
 pub fn curl_from(source: &str, args: &[&str], stdin: Option<&[u8]>) -> Curl {
     let mut child = Command::new("curl")
-        .args(["-sS", "-i", "--noproxy", "*", "--max-time", "20", "--interface", source])
+        .args([
+            "-sS",
+            "-i",
+            "--noproxy",
+            "*",
+            "--max-time",
+            "20",
+            "--interface",
+            source,
+        ])
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("running curl: {e}"));
     if let (Some(data), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(data).unwrap_or_else(|e| panic!("curl stdin: {e}"));
+        pipe.write_all(data)
+            .unwrap_or_else(|e| panic!("curl stdin: {e}"));
     }
     let out = child
         .wait_with_output()
@@ -89,8 +104,12 @@ pub async fn connect(addr: SocketAddr) -> TcpStream {
 
 pub async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
     let socket = TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
-    let from: SocketAddr = format!("{source}:0").parse().unwrap_or_else(|e| panic!("{e}"));
-    socket.bind(from).unwrap_or_else(|e| panic!("bind {from}: {e}"));
+    let from: SocketAddr = format!("{source}:0")
+        .parse()
+        .unwrap_or_else(|e| panic!("{e}"));
+    socket
+        .bind(from)
+        .unwrap_or_else(|e| panic!("bind {from}: {e}"));
     socket
         .connect(addr)
         .await
@@ -100,7 +119,10 @@ pub async fn connect_from(source: &str, addr: SocketAddr) -> TcpStream {
 /// Writes `request` raw and reads until the peer closes or `timeout` passes.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> String {
     let mut stream = connect(addr).await;
-    stream.write_all(request).await.unwrap_or_else(|e| panic!("{e}"));
+    stream
+        .write_all(request)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     read_until_close(&mut stream, timeout).await
 }
 

@@ -144,7 +144,10 @@ fn the_usage_only_chunk_is_stripped_at_any_split() {
 
 #[test]
 fn holding_is_bounded_and_large_events_pass() {
-    let big = format!("data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n", "z".repeat(10_000));
+    let big = format!(
+        "data: {{\"choices\":[{{\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
+        "z".repeat(10_000)
+    );
     let mut relay = Relay::new(4096, true);
     let mut out = Vec::new();
     for chunk in big.as_bytes().chunks(100) {
@@ -152,7 +155,11 @@ fn holding_is_bounded_and_large_events_pass() {
         assert!(relay.buffered() <= 2 * 4096 + 100);
     }
     out.extend_from_slice(&relay.finish(|_| Verdict::Drop));
-    assert_eq!(out, big.as_bytes(), "an event that outgrew the hold is forwarded whole");
+    assert_eq!(
+        out,
+        big.as_bytes(),
+        "an event that outgrew the hold is forwarded whole"
+    );
 }
 
 proptest! {

@@ -99,7 +99,11 @@ fn chat_tool_call_and_reasoning_deltas_are_counted() {
 
 #[test]
 fn responses_stream_terminal_events() {
-    for terminal in ["response.completed", "response.incomplete", "response.failed"] {
+    for terminal in [
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+    ] {
         let mut m = stream(&format!(
             concat!(
                 "event: response.created\ndata: {{\"type\":\"response.created\",\"response\":{{\"usage\":null}}}}\n\n",
@@ -127,7 +131,11 @@ fn anthropic_stream_is_cumulative_and_keeps_input() {
         "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
     ));
     assert!(m.done);
-    assert_eq!(usage(&mut m), exact(28, 30), "cached input counts; output is the last value");
+    assert_eq!(
+        usage(&mut m),
+        exact(28, 30),
+        "cached input counts; output is the last value"
+    );
 }
 
 #[test]
@@ -175,7 +183,8 @@ fn non_streaming_bodies() {
     // No usage: the text is counted.
     let mut bare = body(r#"{"choices":[{"message":{"content":"hello world"}}]}"#);
     assert_eq!(bare.output_tokens(), (2, true));
-    let mut bare = body(r#"{"output":[{"content":[{"type":"output_text","text":"hello world"}]}]}"#);
+    let mut bare =
+        body(r#"{"output":[{"content":[{"type":"output_text","text":"hello world"}]}]}"#);
     assert_eq!(bare.output_tokens(), (2, true));
 }
 

@@ -36,9 +36,15 @@ fn assert_error(r: &Curl, status: u16, kind: &str, code: &str) {
     let body = json(&r.body);
     assert_eq!(body["error"]["type"], kind, "{}", r.body);
     assert_eq!(body["error"]["code"], code, "{}", r.body);
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
     assert!(
-        r.headers.to_ascii_lowercase().contains("content-type: application/json"),
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
+    assert!(
+        r.headers
+            .to_ascii_lowercase()
+            .contains("content-type: application/json"),
         "{}",
         r.headers
     );
@@ -53,18 +59,32 @@ fn assert_still_serves(proxy: &TestProxy) {
 fn bad_bodies_are_400s() {
     let sim = ModelSim::start(SimConfig::default());
     let proxy = TestProxy::start(test_config(), sim.addr());
-    let deep = format!(r#"{{"model":"m","x":{}{}}}"#, "[".repeat(200), "]".repeat(200));
+    let deep = format!(
+        r#"{{"model":"m","x":{}{}}}"#,
+        "[".repeat(200),
+        "]".repeat(200)
+    );
     for (body, code) in [
         (r#"{"model":"m","messages":["#, "invalid_json"),
-        (r#"{"model":"cheap","messages":[],"model":"expensive"}"#, "duplicate_key"),
-        (r#"{"model":"m","messages":[{"role":"user","content":"a","content":"b"}]}"#, "duplicate_key"),
+        (
+            r#"{"model":"cheap","messages":[],"model":"expensive"}"#,
+            "duplicate_key",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"a","content":"b"}]}"#,
+            "duplicate_key",
+        ),
         (deep.as_str(), "json_too_deep"),
         (r#"{"messages":[]}"#, "invalid_field"),
     ] {
         let r = post(&proxy, &[JSON], body);
         assert_error(&r, 400, "invalid_request_error", code);
     }
-    assert_eq!(sim.records().len(), 0, "nothing malformed reached the server");
+    assert_eq!(
+        sim.records().len(),
+        0,
+        "nothing malformed reached the server"
+    );
     assert_still_serves(&proxy);
     assert_eq!(
         proxy.metric(r#"sluice_proxy_errors_total{reason="duplicate_key"}"#),
@@ -78,16 +98,36 @@ fn bodies_it_cannot_inspect_are_415s() {
     let proxy = TestProxy::start(test_config(), sim.addr());
     for (headers, code) in [
         (&["content-type: text/plain"][..], "unsupported_media_type"),
-        (&["content-type: application/x-www-form-urlencoded"][..], "unsupported_media_type"),
-        (&[JSON, "content-encoding: gzip"][..], "unsupported_content_encoding"),
-        (&[JSON, "content-encoding: br"][..], "unsupported_content_encoding"),
+        (
+            &["content-type: application/x-www-form-urlencoded"][..],
+            "unsupported_media_type",
+        ),
+        (
+            &[JSON, "content-encoding: gzip"][..],
+            "unsupported_content_encoding",
+        ),
+        (
+            &[JSON, "content-encoding: br"][..],
+            "unsupported_content_encoding",
+        ),
     ] {
         let r = post(&proxy, headers, CHAT);
         assert_error(&r, 415, "invalid_request_error", code);
     }
     // The JSON media types with parameters and +json suffixes are fine.
-    assert_eq!(post(&proxy, &["content-type: application/json; charset=utf-8"], CHAT).status, 200);
-    assert_eq!(post(&proxy, &[JSON, "content-encoding: identity"], CHAT).status, 200);
+    assert_eq!(
+        post(
+            &proxy,
+            &["content-type: application/json; charset=utf-8"],
+            CHAT
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        post(&proxy, &[JSON, "content-encoding: identity"], CHAT).status,
+        200
+    );
     assert_eq!(sim.records().len(), 2);
 }
 
@@ -108,7 +148,11 @@ fn the_body_limit_is_exact_for_length_and_chunked_bodies() {
     };
     let proxy = TestProxy::start(config, sim.addr());
     for chunked in [false, true] {
-        let te: &[&str] = if chunked { &["transfer-encoding: chunked"] } else { &[] };
+        let te: &[&str] = if chunked {
+            &["transfer-encoding: chunked"]
+        } else {
+            &[]
+        };
         for (len, status) in [(limit - 1, 200), (limit, 200), (limit + 1, 413)] {
             let headers: Vec<&str> = [JSON].iter().chain(te).copied().collect();
             let r = post(&proxy, &headers, &body_of(len));
@@ -130,7 +174,10 @@ async fn a_10_mb_body_is_refused_without_reaching_the_server() {
     let addr = proxy.addr;
     let r = tokio::task::spawn_blocking(move || {
         let url = format!("http://{addr}/v1/chat/completions");
-        curl(&["-H", JSON, "--data-binary", "@-", &url], Some(body.as_bytes()))
+        curl(
+            &["-H", JSON, "--data-binary", "@-", &url],
+            Some(body.as_bytes()),
+        )
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
@@ -138,7 +185,10 @@ async fn a_10_mb_body_is_refused_without_reaching_the_server() {
     // Chunked: the proxy reads up to the limit, then answers.
     let mut stream = connect(addr).await;
     let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n";
-    stream.write_all(head.as_bytes()).await.unwrap_or_else(|e| panic!("{e}"));
+    stream
+        .write_all(head.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let chunk = format!("{:x}\r\n{}\r\n", 64 << 10, "x".repeat(64 << 10));
     for _ in 0..160 {
         if stream.write_all(chunk.as_bytes()).await.is_err() {
@@ -173,7 +223,11 @@ fn an_unknown_model_is_a_404() {
     });
     let r = post(&proxy, &[JSON], r#"{"model":"gpt-nope","messages":[]}"#);
     assert_error(&r, 404, "invalid_request_error", "model_not_found");
-    assert!(json(&r.body)["error"]["message"].as_str().is_some_and(|m| m.contains("gpt-nope")));
+    assert!(
+        json(&r.body)["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("gpt-nope"))
+    );
     assert_still_serves(&proxy);
 }
 
@@ -199,7 +253,11 @@ fn a_dead_backend_is_a_502_and_a_slow_one_a_504() {
     let started = Instant::now();
     let r = post(&proxy, &[JSON, "x-sim-fault: delay_headers_ms=5000"], CHAT);
     assert_error(&r, 504, "server_error", "upstream_timeout");
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     assert_still_serves(&proxy);
 }
 
@@ -217,7 +275,11 @@ fn oversized_headers_are_431s() {
     let r = curl(&args, None);
     assert_eq!(r.status, 431, "101 headers: {r:?}");
     let big = format!("x-big: {}", "a".repeat(70 << 10));
-    assert_eq!(curl(&["-H", &big, &url], None).status, 431, "70 KiB of headers");
+    assert_eq!(
+        curl(&["-H", &big, &url], None).status,
+        431,
+        "70 KiB of headers"
+    );
     let fine: Vec<String> = (0..90).map(|i| format!("x-h{i}: v")).collect();
     let mut args: Vec<&str> = Vec::new();
     for h in &fine {
@@ -232,12 +294,25 @@ fn a_loop_back_to_the_proxy_is_a_508() {
     let sim = ModelSim::start(SimConfig::default());
     let proxy = TestProxy::start(test_config(), sim.addr());
     proxy.interception.map("127.0.0.4", proxy.addr);
-    let r = curl_from("127.0.0.4", &["-H", JSON, "--data-binary", CHAT, &proxy.url("/v1/chat/completions")], None);
+    let r = curl_from(
+        "127.0.0.4",
+        &[
+            "-H",
+            JSON,
+            "--data-binary",
+            CHAT,
+            &proxy.url("/v1/chat/completions"),
+        ],
+        None,
+    );
     assert_error(&r, 508, "server_error", "loop_detected");
     let r = curl_from("127.0.0.4", &[&proxy.url("/v1/models")], None);
     assert_eq!(r.status, 508);
     assert!(sim.records().is_empty());
-    assert_eq!(proxy.metric(r#"sluice_connections_total{outcome="loop_detected"}"#), 2.0);
+    assert_eq!(
+        proxy.metric(r#"sluice_connections_total{outcome="loop_detected"}"#),
+        2.0
+    );
 }
 
 #[test]
@@ -251,7 +326,10 @@ fn a_connection_with_no_recorded_destination_is_refused() {
         1.0
     );
     assert!(sim.records().is_empty());
-    assert_eq!(curl_from(CLIENT, &[&proxy.url("/v1/models")], None).status, 200);
+    assert_eq!(
+        curl_from(CLIENT, &[&proxy.url("/v1/models")], None).status,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,7 +350,10 @@ async fn slowloris_headers_and_bodies_are_cut_off() {
     )
     .await;
     let elapsed = started.elapsed();
-    assert!(elapsed < Duration::from_secs(5), "closed after {elapsed:?}: {reply:?}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "closed after {elapsed:?}: {reply:?}"
+    );
     assert!(!reply.starts_with("HTTP/1.1 200"));
     // A body that never finishes: 408.
     let reply = raw_exchange(
@@ -293,4 +374,3 @@ async fn slowloris_headers_and_bodies_are_cut_off() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status, 200);
 }
-

@@ -19,28 +19,54 @@ fn non_streaming_chat_is_forwarded_and_metered() {
         d
     });
     let r = curl(
-        &["-H", JSON, "-H", "x-sluice-tenant: spoofed", "--data-binary", CHAT, &proxy.url("/v1/chat/completions")],
+        &[
+            "-H",
+            JSON,
+            "-H",
+            "x-sluice-tenant: spoofed",
+            "--data-binary",
+            CHAT,
+            &proxy.url("/v1/chat/completions"),
+        ],
         None,
     );
     assert_eq!(r.status, 200, "{r:?}");
     let body = json(&r.body);
     assert_eq!(body["usage"]["completion_tokens"], 5);
-    assert!(r.headers.contains("x-ratelimit-remaining-tokens: 1000"), "{}", r.headers);
+    assert!(
+        r.headers.contains("x-ratelimit-remaining-tokens: 1000"),
+        "{}",
+        r.headers
+    );
 
     let records = sim.records();
     assert_eq!(records.len(), 1);
-    assert_eq!(&records[0].body[..], CHAT.as_bytes(), "a non-streaming body is forwarded as sent");
+    assert_eq!(
+        &records[0].body[..],
+        CHAT.as_bytes(),
+        "a non-streaming body is forwarded as sent"
+    );
     assert!(
-        !records[0].headers.keys().any(|k| k.as_str().starts_with("x-sluice-")),
+        !records[0]
+            .headers
+            .keys()
+            .any(|k| k.as_str().starts_with("x-sluice-")),
         "internal headers are stripped: {:?}",
         records[0].headers
     );
     let prompt = records[0].prompt_tokens;
     let settled = admission.wait_settled(1, std::time::Duration::from_secs(5));
     assert_eq!(settled.len(), 1);
-    assert_eq!((settled[0].input_tokens, settled[0].output_tokens), (prompt, 5));
+    assert_eq!(
+        (settled[0].input_tokens, settled[0].output_tokens),
+        (prompt, 5)
+    );
     assert!(!settled[0].estimated);
-    let admitted = admission.admitted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let admitted = admission
+        .admitted
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     assert_eq!(admitted[0].0, "llama-3-8b");
     assert_eq!(admitted[0].1, Some(5));
 
@@ -63,7 +89,14 @@ fn streaming_without_usage_asks_for_it_and_hides_the_usage_chunk() {
         d
     });
     let r = curl(
-        &["-N", "-H", JSON, "--data-binary", CHAT_STREAM, &proxy.url("/v1/chat/completions")],
+        &[
+            "-N",
+            "-H",
+            JSON,
+            "--data-binary",
+            CHAT_STREAM,
+            &proxy.url("/v1/chat/completions"),
+        ],
         None,
     );
     assert_eq!(r.status, 200, "{r:?}");
@@ -74,7 +107,11 @@ fn streaming_without_usage_asks_for_it_and_hides_the_usage_chunk() {
         "the client did not ask for usage and sees none:\n{}",
         r.body
     );
-    assert_eq!(data.len(), 5 + 2 + 1, "role chunk, 5 tokens, finish chunk, [DONE]");
+    assert_eq!(
+        data.len(),
+        5 + 2 + 1,
+        "role chunk, 5 tokens, finish chunk, [DONE]"
+    );
 
     let sent = String::from_utf8_lossy(&sim.records()[0].body).into_owned();
     assert!(
@@ -86,9 +123,14 @@ fn streaming_without_usage_asks_for_it_and_hides_the_usage_chunk() {
     assert_eq!(settled.len(), 1);
     assert_eq!(settled[0].output_tokens, 5);
     assert!(!settled[0].estimated, "server usage, not an estimate");
-    assert_eq!(proxy.metric(r#"sluice_streams_total{outcome="complete"}"#), 1.0);
+    assert_eq!(
+        proxy.metric(r#"sluice_streams_total{outcome="complete"}"#),
+        1.0
+    );
     assert!(
-        proxy.metrics().contains("gen_ai_server_time_to_first_token_count{gen_ai_request_model=\"llama-3-8b\"} 1"),
+        proxy.metrics().contains(
+            "gen_ai_server_time_to_first_token_count{gen_ai_request_model=\"llama-3-8b\"} 1"
+        ),
         "{}",
         proxy.metrics()
     );
@@ -98,9 +140,19 @@ fn streaming_without_usage_asks_for_it_and_hides_the_usage_chunk() {
 fn streaming_client_that_asks_for_usage_gets_exactly_one_usage_chunk() {
     let sim = ModelSim::start(SimConfig::default());
     let proxy = TestProxy::start(test_config(), sim.addr());
-    let body = CHAT_STREAM.replace(r#""stream":true"#, r#""stream":true,"stream_options":{"include_usage":true}"#);
+    let body = CHAT_STREAM.replace(
+        r#""stream":true"#,
+        r#""stream":true,"stream_options":{"include_usage":true}"#,
+    );
     let r = curl(
-        &["-N", "-H", JSON, "--data-binary", &body, &proxy.url("/v1/chat/completions")],
+        &[
+            "-N",
+            "-H",
+            JSON,
+            "--data-binary",
+            &body,
+            &proxy.url("/v1/chat/completions"),
+        ],
         None,
     );
     let usage: Vec<String> = sse_data(&r.body)
@@ -108,7 +160,11 @@ fn streaming_client_that_asks_for_usage_gets_exactly_one_usage_chunk() {
         .filter(|d| d.contains("\"usage\""))
         .collect();
     assert_eq!(usage.len(), 1, "{}", r.body);
-    assert_eq!(&sim.records()[0].body[..], body.as_bytes(), "already asking: untouched");
+    assert_eq!(
+        &sim.records()[0].body[..],
+        body.as_bytes(),
+        "already asking: untouched"
+    );
 }
 
 #[test]
@@ -120,13 +176,26 @@ fn a_stream_without_server_usage_is_counted_locally() {
         d
     });
     let r = curl(
-        &["-N", "-H", JSON, "-H", "x-sim-fault: no_usage", "--data-binary", CHAT_STREAM, &proxy.url("/v1/chat/completions")],
+        &[
+            "-N",
+            "-H",
+            JSON,
+            "-H",
+            "x-sim-fault: no_usage",
+            "--data-binary",
+            CHAT_STREAM,
+            &proxy.url("/v1/chat/completions"),
+        ],
         None,
     );
     assert_eq!(r.status, 200);
     let settled = admission.wait_settled(1, std::time::Duration::from_secs(5));
     assert_eq!(settled.len(), 1);
-    assert_eq!(settled[0].output_tokens, sim.records()[0].generated, "tokenizer count of the text");
+    assert_eq!(
+        settled[0].output_tokens,
+        sim.records()[0].generated,
+        "tokenizer count of the text"
+    );
     assert!(settled[0].estimated);
     assert!(settled[0].input_tokens > 0);
     assert_eq!(
@@ -144,13 +213,26 @@ fn completions_and_embeddings_are_inspected_too() {
         d
     });
     let r = curl(
-        &["-N", "-H", JSON, "--data-binary", r#"{"model":"m","prompt":"a b c","max_tokens":3,"stream":true}"#, &proxy.url("/v1/completions")],
+        &[
+            "-N",
+            "-H",
+            JSON,
+            "--data-binary",
+            r#"{"model":"m","prompt":"a b c","max_tokens":3,"stream":true}"#,
+            &proxy.url("/v1/completions"),
+        ],
         None,
     );
     assert_eq!(r.status, 200);
     assert!(!r.body.contains("\"usage\""));
     let r = curl(
-        &["-H", JSON, "--data-binary", r#"{"model":"m","input":"a b c"}"#, &proxy.url("/v1/embeddings")],
+        &[
+            "-H",
+            JSON,
+            "--data-binary",
+            r#"{"model":"m","input":"a b c"}"#,
+            &proxy.url("/v1/embeddings"),
+        ],
         None,
     );
     assert_eq!(r.status, 200, "{r:?}");
@@ -171,11 +253,21 @@ fn rejected_admission_is_a_429_that_reaches_no_server() {
         d
     });
     let r = curl(
-        &["-H", JSON, "--data-binary", CHAT, &proxy.url("/v1/chat/completions")],
+        &[
+            "-H",
+            JSON,
+            "--data-binary",
+            CHAT,
+            &proxy.url("/v1/chat/completions"),
+        ],
         None,
     );
     assert_eq!(r.status, 429);
-    assert!(r.headers.to_ascii_lowercase().contains("retry-after: 7"), "{}", r.headers);
+    assert!(
+        r.headers.to_ascii_lowercase().contains("retry-after: 7"),
+        "{}",
+        r.headers
+    );
     assert!(r.headers.contains("x-ratelimit-remaining-tokens: 0"));
     let body = json(&r.body);
     assert_eq!(body["error"]["type"], "rate_limit_exceeded");

@@ -27,9 +27,30 @@ fn other_requests_are_relayed_byte_for_byte() {
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
     let url = proxy.url("/echo?x=1");
     let out = std::process::Command::new("curl")
-        .args(["-sS", "--noproxy", "*", "--interface", crate::loopback::CLIENT, "--max-time", "20"])
-        .args(["-H", "transfer-encoding: chunked", "-H", "x-sluice-decision: allow"])
-        .args(["-H", "authorization: Bearer sk-client", "-D", "-", "--data-binary", "@-", &url])
+        .args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "--interface",
+            crate::loopback::CLIENT,
+            "--max-time",
+            "20",
+        ])
+        .args([
+            "-H",
+            "transfer-encoding: chunked",
+            "-H",
+            "x-sluice-decision: allow",
+        ])
+        .args([
+            "-H",
+            "authorization: Bearer sk-client",
+            "-D",
+            "-",
+            "--data-binary",
+            "@-",
+            &url,
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -46,8 +67,15 @@ fn other_requests_are_relayed_byte_for_byte() {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or_else(|| panic!("no head"));
-    let (head, body) = (String::from_utf8_lossy(&out.stdout[..split]), &out.stdout[split + 4..]);
-    assert!(body == payload.as_slice(), "body relayed unchanged ({} bytes)", body.len());
+    let (head, body) = (
+        String::from_utf8_lossy(&out.stdout[..split]),
+        &out.stdout[split + 4..],
+    );
+    assert!(
+        body == payload.as_slice(),
+        "body relayed unchanged ({} bytes)",
+        body.len()
+    );
     let echoed = head
         .lines()
         .find_map(|l| l.strip_prefix("x-echo-headers: "))
@@ -55,9 +83,7 @@ fn other_requests_are_relayed_byte_for_byte() {
     let echoed = json(echoed);
     assert!(echoed.get("x-sluice-decision").is_none(), "{echoed}");
     assert_eq!(echoed["authorization"], "Bearer sk-client");
-    assert!(
-        proxy.metric(r#"sluice_bytes_total{direction="upstream"}"#) >= payload.len() as f64
-    );
+    assert!(proxy.metric(r#"sluice_bytes_total{direction="upstream"}"#) >= payload.len() as f64);
 }
 
 #[test]
@@ -67,12 +93,26 @@ fn keep_alive_reuses_one_connection() {
     let chat = proxy.url("/v1/chat/completions");
     let models = proxy.url("/v1/models");
     let r = curl(
-        &["-H", "content-type: application/json", "--data-binary", CHAT, &chat, &chat, &models],
+        &[
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            CHAT,
+            &chat,
+            &chat,
+            &models,
+        ],
         None,
     );
     assert!(r.ok, "{r:?}");
-    assert_eq!(proxy.metric(r#"sluice_connections_total{outcome="accepted"}"#), 1.0);
-    assert_eq!(proxy.metric(r#"sluice_requests_total{code="200",kind="inference"}"#), 2.0);
+    assert_eq!(
+        proxy.metric(r#"sluice_connections_total{outcome="accepted"}"#),
+        1.0
+    );
+    assert_eq!(
+        proxy.metric(r#"sluice_requests_total{code="200",kind="inference"}"#),
+        2.0
+    );
     assert_eq!(sim.records().len(), 2);
 }
 
@@ -160,7 +200,10 @@ async fn h2c_carries_many_concurrent_streams() {
             assert!(!body.contains("\"usage\""));
         }
     }
-    assert_eq!(proxy.metric(r#"sluice_connections_total{outcome="accepted"}"#), 1.0);
+    assert_eq!(
+        proxy.metric(r#"sluice_connections_total{outcome="accepted"}"#),
+        1.0
+    );
 }
 
 #[test]

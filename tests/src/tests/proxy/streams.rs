@@ -27,7 +27,10 @@ fn recording(config: sluice::proxy::Config, sim: &ModelSim) -> (TestProxy, Recor
 }
 
 fn chat_stream(max_tokens: u64) -> String {
-    CHAT_STREAM.replace(r#""max_tokens":5"#, &format!(r#""max_tokens":{max_tokens}"#))
+    CHAT_STREAM.replace(
+        r#""max_tokens":5"#,
+        &format!(r#""max_tokens":{max_tokens}"#),
+    )
 }
 
 /// Sends a streaming chat over HTTP/1.1 and returns the response (headers read).
@@ -81,8 +84,14 @@ async fn a_client_abort_cancels_upstream_and_settles_what_was_produced() {
     drop(body);
     conn.abort();
 
-    let records = sim.wait_for(Duration::from_secs(5), |r| r.first().is_some_and(|r| r.aborted));
-    assert!(records[0].aborted, "the upstream request was cancelled: {:?}", records[0].generated);
+    let records = sim.wait_for(Duration::from_secs(5), |r| {
+        r.first().is_some_and(|r| r.aborted)
+    });
+    assert!(
+        records[0].aborted,
+        "the upstream request was cancelled: {:?}",
+        records[0].generated
+    );
     assert!(records[0].generated < 500);
     let settled = admission.wait_settled(1, Duration::from_secs(5));
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -90,9 +99,16 @@ async fn a_client_abort_cancels_upstream_and_settles_what_was_produced() {
     let usage = settled[0];
     assert!(usage.estimated, "no usage arrived: counted");
     assert!(usage.output_tokens >= 2, "{usage:?}");
-    assert!(usage.output_tokens <= records[0].generated, "{usage:?} vs {}", records[0].generated);
+    assert!(
+        usage.output_tokens <= records[0].generated,
+        "{usage:?} vs {}",
+        records[0].generated
+    );
     assert!(usage.input_tokens > 0);
-    assert_eq!(proxy.metric(r#"sluice_streams_total{outcome="client_abort"}"#), 1.0);
+    assert_eq!(
+        proxy.metric(r#"sluice_streams_total{outcome="client_abort"}"#),
+        1.0
+    );
 }
 
 #[test]
@@ -100,19 +116,37 @@ fn an_upstream_reset_mid_stream_ends_with_an_error_event() {
     let sim = ModelSim::start(SimConfig::default());
     let (proxy, admission) = recording(test_config(), &sim);
     let r = curl(
-        &["-N", "-H", JSON, "-H", "x-sim-fault: reset_after_bytes=900", "--data-binary", &chat_stream(50), &proxy.url("/v1/chat/completions")],
+        &[
+            "-N",
+            "-H",
+            JSON,
+            "-H",
+            "x-sim-fault: reset_after_bytes=900",
+            "--data-binary",
+            &chat_stream(50),
+            &proxy.url("/v1/chat/completions"),
+        ],
         None,
     );
     assert!(r.ok, "a clean end of the chunked body: {r:?}");
     let data = sse_data(&r.body);
     let last = data.last().cloned().unwrap_or_default();
     assert!(last.contains("\"code\":\"upstream_reset\""), "{}", r.body);
-    assert!(data.len() > 2, "what arrived before the reset was forwarded");
+    assert!(
+        data.len() > 2,
+        "what arrived before the reset was forwarded"
+    );
     let settled = admission.wait_settled(1, Duration::from_secs(5));
     assert_eq!(settled.len(), 1);
     let generated = sim.records()[0].generated;
-    assert_eq!(settled[0].output_tokens, generated, "tokens produced before the reset");
-    assert_eq!(proxy.metric(r#"sluice_streams_total{outcome="upstream_reset"}"#), 1.0);
+    assert_eq!(
+        settled[0].output_tokens, generated,
+        "tokens produced before the reset"
+    );
+    assert_eq!(
+        proxy.metric(r#"sluice_streams_total{outcome="upstream_reset"}"#),
+        1.0
+    );
 }
 
 #[test]
@@ -125,23 +159,51 @@ fn a_silent_upstream_hits_the_idle_timeout_not_a_hang() {
     let (proxy, admission) = recording(config, &sim);
     let started = std::time::Instant::now();
     let r = curl(
-        &["-N", "-H", JSON, "-H", "x-sim-fault: hang_after_headers", "--data-binary", &chat_stream(5), &proxy.url("/v1/chat/completions")],
+        &[
+            "-N",
+            "-H",
+            JSON,
+            "-H",
+            "x-sim-fault: hang_after_headers",
+            "--data-binary",
+            &chat_stream(5),
+            &proxy.url("/v1/chat/completions"),
+        ],
         None,
     );
     assert!(started.elapsed() < Duration::from_secs(8));
     assert!(r.ok, "{r:?}");
     assert!(r.body.contains("upstream_idle_timeout"), "{}", r.body);
     assert_eq!(admission.wait_settled(1, Duration::from_secs(5)).len(), 1);
-    let records = sim.wait_for(Duration::from_secs(5), |r| r.first().is_some_and(|r| r.aborted));
+    let records = sim.wait_for(Duration::from_secs(5), |r| {
+        r.first().is_some_and(|r| r.aborted)
+    });
     assert!(records[0].aborted, "the upstream request was dropped");
     // A slow but healthy stream is never cut: 20 tokens at 10/s takes 2 s, far past 300 ms
     // in total, with gaps well under it.
     let r = curl(
-        &["-N", "-H", JSON, "-H", "x-sim-tps: 10", "--data-binary", &chat_stream(20), &proxy.url("/v1/chat/completions")],
+        &[
+            "-N",
+            "-H",
+            JSON,
+            "-H",
+            "x-sim-tps: 10",
+            "--data-binary",
+            &chat_stream(20),
+            &proxy.url("/v1/chat/completions"),
+        ],
         None,
     );
-    assert_eq!(sse_data(&r.body).last().map(String::as_str), Some("[DONE]"), "{}", r.body);
-    assert_eq!(proxy.metric(r#"sluice_streams_total{outcome="idle_timeout"}"#), 1.0);
+    assert_eq!(
+        sse_data(&r.body).last().map(String::as_str),
+        Some("[DONE]"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        proxy.metric(r#"sluice_streams_total{outcome="idle_timeout"}"#),
+        1.0
+    );
 }
 
 #[test]
@@ -149,11 +211,23 @@ fn bad_json_in_the_stream_is_relayed_and_counted_not_fatal() {
     let sim = ModelSim::start(SimConfig::default());
     let (proxy, admission) = recording(test_config(), &sim);
     let r = curl(
-        &["-N", "-H", JSON, "-H", "x-sim-fault: bad_json_at=2", "--data-binary", &chat_stream(5), &proxy.url("/v1/chat/completions")],
+        &[
+            "-N",
+            "-H",
+            JSON,
+            "-H",
+            "x-sim-fault: bad_json_at=2",
+            "--data-binary",
+            &chat_stream(5),
+            &proxy.url("/v1/chat/completions"),
+        ],
         None,
     );
     assert_eq!(sse_data(&r.body).last().map(String::as_str), Some("[DONE]"));
-    assert!(r.body.contains("{\"choices\": [{\"delta\": "), "relayed as it came");
+    assert!(
+        r.body.contains("{\"choices\": [{\"delta\": "),
+        "relayed as it came"
+    );
     let settled = admission.wait_settled(1, Duration::from_secs(5));
     assert_eq!(settled[0].output_tokens, 5, "usage still from the server");
 }
@@ -178,10 +252,15 @@ async fn a_client_that_stops_reading_stalls_the_upstream() {
         last = now;
     }
     assert!(stalled, "the upstream kept generating: {last}");
-    assert!(last < total / 2, "generated {last} of {total} with nobody reading");
+    assert!(
+        last < total / 2,
+        "generated {last} of {total} with nobody reading"
+    );
     drop(response);
     conn.abort();
-    let records = sim.wait_for(Duration::from_secs(5), |r| r.first().is_some_and(|r| r.aborted));
+    let records = sim.wait_for(Duration::from_secs(5), |r| {
+        r.first().is_some_and(|r| r.aborted)
+    });
     assert!(records[0].aborted);
     assert_eq!(admission.wait_settled(1, Duration::from_secs(5)).len(), 1);
 }
