@@ -44,9 +44,12 @@ pub struct TestProxy {
 #[derive(Clone, Default)]
 pub struct RecordingAdmission {
     pub settled: Arc<Mutex<Vec<Usage>>>,
-    pub admitted: Arc<Mutex<Vec<(String, Option<u64>, u64)>>>,
+    pub admitted: Arc<Mutex<Vec<Admitted>>>,
     pub reject: bool,
 }
+
+/// (model, output cap, prompt upper bound) of an admitted request.
+pub type Admitted = (String, Option<u64>, u64);
 
 struct Recorder(Arc<Mutex<Vec<Usage>>>);
 

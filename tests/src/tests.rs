@@ -1,6 +1,7 @@
 //! Every integration test, as modules of one binary.
 
-mod proxy;
+mod measure;
+pub(crate) mod proxy;
 
 mod privileged {
     mod redirect;

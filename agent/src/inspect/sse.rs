@@ -267,19 +267,19 @@ impl Relay {
         }
         let mut start = 0;
         let mut out = BytesMut::new();
-        if let Some(verdict) = self.lf_verdict.take() {
-            if chunk.first() == Some(&b'\n') {
-                start = 1;
-                if verdict == Verdict::Forward {
-                    out.extend_from_slice(b"\n");
-                }
+        if let Some(verdict) = self.lf_verdict.take()
+            && chunk.first() == Some(&b'\n')
+        {
+            start = 1;
+            if verdict == Verdict::Forward {
+                out.extend_from_slice(b"\n");
             }
         }
-        loop {
-            let (verdict, droppable) = match self.scanner.next(&chunk, &mut pos) {
-                Some(event) => (on_event(&event), !event.truncated),
-                None => break,
-            };
+        while let Some((verdict, droppable)) = self
+            .scanner
+            .next(&chunk, &mut pos)
+            .map(|event| (on_event(&event), !event.truncated))
+        {
             let end = pos.max(start);
             let verdict = if verdict == Verdict::Drop && droppable && !self.passing {
                 self.held.clear();

@@ -321,6 +321,11 @@ fn a_connection_with_no_recorded_destination_is_refused() {
     let proxy = TestProxy::start(test_config(), sim.addr());
     let r = curl_from(STRANGER, &[&proxy.url("/v1/models")], None);
     assert!(!r.ok && r.status == 0, "closed without a response: {r:?}");
+    assert!(
+        r.stderr.contains("(52)") || r.stderr.contains("(56)"),
+        "empty reply or reset: {}",
+        r.stderr
+    );
     assert_eq!(
         proxy.metric(r#"sluice_connections_total{outcome="no_original_destination"}"#),
         1.0
