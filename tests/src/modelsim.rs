@@ -401,7 +401,10 @@ async fn generate(
     if job.stream {
         return stream(state, job);
     }
-    tokio::time::sleep(job.ttft).await;
+    if !job.ttft.is_zero() {
+        // Even a zero sleep waits for the timer wheel's next millisecond tick.
+        tokio::time::sleep(job.ttft).await;
+    }
     if job.tps > 0.0 {
         tokio::time::sleep(Duration::from_secs_f64(job.max_tokens as f64 / job.tps)).await;
     }
@@ -446,7 +449,9 @@ async fn produce(
         tx.closed().await;
         return (0, false);
     }
-    tokio::time::sleep(job.ttft).await;
+    if !job.ttft.is_zero() {
+        tokio::time::sleep(job.ttft).await;
+    }
     let mut sent_bytes = 0usize;
     let mut generated = 0u64;
     let mut send = |event: String| {

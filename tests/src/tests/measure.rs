@@ -23,13 +23,19 @@ use crate::{
 
 fn chat_1k() -> String {
     let head = r#"{"model":"llama-3-8b","max_tokens":16,"messages":[{"role":"user","content":""#;
-    let text = "The quick brown fox jumps over the lazy dog. ".repeat(20);
+    let text = "The quick brown fox jumps over the lazy dog. ".repeat(40);
     let mut body = format!("{head}{}\"}}]}}", &text[..1024 - head.len() - 5]);
     body.truncate(body.len());
     body
 }
 
-async fn run(addr: SocketAddr, body: &str, conns: usize, secs: f64, stream: bool) -> (Vec<Duration>, f64) {
+async fn run(
+    addr: SocketAddr,
+    body: &str,
+    conns: usize,
+    secs: f64,
+    stream: bool,
+) -> (Vec<Duration>, f64) {
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let mut tasks = Vec::new();
     for _ in 0..conns {
@@ -48,7 +54,10 @@ async fn run(addr: SocketAddr, body: &str, conns: usize, secs: f64, stream: bool
                     .body(Full::new(Bytes::from(body.clone())))
                     .unwrap_or_else(|e| panic!("{e}"));
                 let t = Instant::now();
-                let resp = sender.send_request(req).await.unwrap_or_else(|e| panic!("{e}"));
+                let resp = sender
+                    .send_request(req)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
                 let mut b = resp.into_body();
                 if stream {
                     let _ = b.frame().await;
@@ -81,7 +90,9 @@ fn pct(v: &[Duration], p: f64) -> Duration {
 fn measure() {
     // Tokenizer cost.
     let prose = "The committee reviewed the proposal in detail and found it sound. ".repeat(1000);
-    let code = "fn main() { let x: Vec<u32> = (0..10).map(|i| i * 2).collect(); println!(\"{x:?}\"); }\n".repeat(800);
+    let code =
+        "fn main() { let x: Vec<u32> = (0..10).map(|i| i * 2).collect(); println!(\"{x:?}\"); }\n"
+            .repeat(800);
     for enc in [Encoding::O200k, Encoding::Cl100k] {
         enc.warm();
         for (name, text) in [("prose", &prose), ("code", &code)] {
@@ -97,13 +108,29 @@ fn measure() {
     let body = chat_1k();
     let t = Instant::now();
     for _ in 0..10_000 {
-        std::hint::black_box(inspect::parse(Api::ChatCompletions, body.as_bytes(), &inspect::Limits::default()).ok());
+        std::hint::black_box(
+            inspect::parse(
+                Api::ChatCompletions,
+                body.as_bytes(),
+                &inspect::Limits::default(),
+            )
+            .ok(),
+        );
     }
-    println!("parse 1 KiB chat body: {:.1} µs", t.elapsed().as_secs_f64() * 1e6 / 10_000.0);
+    println!(
+        "parse 1 KiB chat body: {:.1} µs",
+        t.elapsed().as_secs_f64() * 1e6 / 10_000.0
+    );
 
-    let sim = ModelSim::start(SimConfig { workers: 1, ..SimConfig::default() });
+    let sim = ModelSim::start(SimConfig {
+        workers: 1,
+        ..SimConfig::default()
+    });
     let proxy = TestProxy::start(test_config(), sim.addr());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap_or_else(|e| panic!("{e}"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
     rt.block_on(async {
         for conns in [1, 8] {
             let (d, dr) = run(sim.addr(), &body, conns, 3.0, false).await;
