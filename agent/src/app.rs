@@ -1,20 +1,41 @@
 //! Wires the subsystems together and runs until a shutdown signal.
+//!
+//! Start-up order matters for the node's traffic: the proxy listens before the datapath can send
+//! it anything, and the heartbeat (which tells the programs "intercept now") starts only once the
+//! proxy serves. Until then the datapath treats the agent as down and connections fail open (or
+//! are refused under fail-closed), so no connection is ever redirected to a port nobody answers.
 
+use std::sync::Arc;
+
+use prometheus::Registry;
 use tokio::{
     runtime::Handle,
     signal::unix::{SignalKind, signal},
+    sync::watch,
+    task::JoinHandle,
 };
 use tracing::info;
 
 use crate::{
     config::Config,
-    datapath::{Datapath, Shutdown},
+    datapath::{self, Datapath, Shutdown},
+    identity::CgroupOnly,
+    proxy::{self, Deps, Proxy},
+    telemetry::admin::{self, Admin, Readiness},
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Datapath(#[from] crate::datapath::Error),
+    Datapath(#[from] datapath::Error),
+    #[error(transparent)]
+    Proxy(#[from] proxy::Error),
+    #[error(transparent)]
+    Admin(#[from] admin::Error),
+    #[error(transparent)]
+    Metrics(#[from] proxy::metrics::Error),
+    #[error("registering the datapath counters with Prometheus")]
+    DatapathMetrics(#[source] prometheus::Error),
     #[error("installing the {signal} handler")]
     Signal {
         signal: &'static str,
@@ -28,20 +49,45 @@ pub async fn run(config: Config) -> Result<(), Error> {
     // Handlers first: a SIGTERM that arrives while the datapath starts must still run the
     // shutdown below, not kill the process with the datapath half-owned.
     let shutdown = shutdown_signal()?;
+    let registry = Registry::new();
+    let readiness = Readiness::new();
+    let proxy_ready = readiness.register("proxy listener");
+    let datapath_ready = readiness.register("datapath attached");
+    let admin = Admin::start(config.admin_addr, registry.clone(), readiness.clone())?;
+
     let mut datapath = Datapath::start(config.datapath_settings(), &config.datapath_rules())?;
     let runtime = Handle::current();
     datapath.spawn_log(&runtime);
-    // The heartbeat must come from the runtime that serves redirected connections, so a wedged
-    // data plane goes stale and the node fails open instead of blackholing.
-    let heartbeat = datapath.spawn_heartbeat(&runtime);
+    registry
+        .register(Box::new(datapath::metrics::CounterCollector::new(
+            datapath.counters().clone(),
+        )))
+        .map_err(Error::DatapathMetrics)?;
+    drop(datapath_ready);
     info!(
         cgroup = %datapath.cgroup().display(),
         pin_dir = %datapath.pin_dir().display(),
         rules = config.intercepts.len(),
         "datapath attached"
     );
+
+    let serving = if config.external_proxy {
+        info!("external proxy mode: the proxy addresses are served by another transparent proxy");
+        Vec::new()
+    } else {
+        serve_proxies(&config, &datapath, &registry, &admin)?
+    };
+    drop(proxy_ready);
+
+    // The heartbeat must come from the runtime that serves redirected connections, so a wedged
+    // data plane goes stale and the node fails open instead of blackholing.
+    let heartbeat = datapath.spawn_heartbeat(&runtime);
+    info!("serving");
+
     shutdown.await;
     heartbeat.stop();
+    // The datapath goes first: new connections reach their original destinations (or the next
+    // agent) while the proxy finishes the ones it has.
     match datapath.shutdown(config.keep_pinned)? {
         Shutdown::Kept { marked_down } => {
             info!(
@@ -56,7 +102,54 @@ pub async fn run(config: Config) -> Result<(), Error> {
         ),
         Shutdown::HandedOver => info!("shutting down: another agent owns the datapath"),
     }
+    for (stop, task) in serving {
+        let _ = stop.send(true);
+        let _ = task.await;
+    }
     Ok(())
+}
+
+type Serving = Vec<(watch::Sender<bool>, JoinHandle<()>)>;
+
+/// Binds the proxy on the IPv4 proxy address and, when configured, the IPv6 one.
+fn serve_proxies(
+    config: &Config,
+    datapath: &Datapath,
+    registry: &Registry,
+    admin: &Admin,
+) -> Result<Serving, Error> {
+    let metrics = Arc::new(proxy::Metrics::new(registry)?);
+    let deps = Deps::transparent(Arc::new(datapath.interceptions()?), Arc::new(CgroupOnly));
+    let mut listens = vec![config.proxy.clone()];
+    if let Some(addr6) = config.proxy_addr6 {
+        listens.push(proxy::Config {
+            listen: addr6.into(),
+            ..config.proxy.clone()
+        });
+    }
+    listens
+        .into_iter()
+        .map(|c| spawn_proxy(c, &deps, &metrics, admin))
+        .collect()
+}
+
+fn spawn_proxy(
+    config: proxy::Config,
+    deps: &Deps,
+    metrics: &Arc<proxy::Metrics>,
+    admin: &Admin,
+) -> Result<(watch::Sender<bool>, JoinHandle<()>), Error> {
+    let proxy = Proxy::bind(
+        config,
+        deps.clone(),
+        Arc::clone(metrics),
+        Some(admin.local_addr()),
+    )?;
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(proxy.serve(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    Ok((stop, task))
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the future completes on the first signal.

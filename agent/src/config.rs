@@ -2,14 +2,19 @@
 //! and the resolved configuration is logged once at start.
 
 use std::{
-    net::{SocketAddrV4, SocketAddrV6},
+    net::{SocketAddr, SocketAddrV4, SocketAddrV6},
     path::PathBuf,
     time::Duration,
 };
 
-use crate::datapath::{
-    self, FailureMode, Rule,
-    intercept::{InterceptRule, ParseRuleError},
+use crate::{
+    datapath::{
+        self, FailureMode, Rule,
+        intercept::{InterceptRule, ParseRuleError},
+    },
+    inspect::Encoding,
+    proxy,
+    telemetry::admin,
 };
 
 pub const ENV_CGROUP: &str = "SLUICE_CGROUP";
@@ -25,6 +30,15 @@ pub const ENV_EXCLUDE_CGROUP: &str = "SLUICE_EXCLUDE_CGROUP";
 pub const ENV_PROXY_CGROUP: &str = "SLUICE_PROXY_CGROUP";
 pub const ENV_INCLUDE_SYSTEM: &str = "SLUICE_INCLUDE_SYSTEM";
 pub const ENV_INCLUDE_HOST_NETWORK: &str = "SLUICE_INCLUDE_HOST_NETWORK";
+pub const ENV_ADMIN_ADDR: &str = "SLUICE_ADMIN_ADDR";
+pub const ENV_EXTERNAL_PROXY: &str = "SLUICE_EXTERNAL_PROXY";
+pub const ENV_MAX_BODY_BYTES: &str = "SLUICE_MAX_BODY_BYTES";
+pub const ENV_HEADER_READ_TIMEOUT: &str = "SLUICE_HEADER_READ_TIMEOUT";
+pub const ENV_CONNECT_TIMEOUT: &str = "SLUICE_CONNECT_TIMEOUT";
+pub const ENV_RESPONSE_TIMEOUT: &str = "SLUICE_RESPONSE_TIMEOUT";
+pub const ENV_STREAM_IDLE_TIMEOUT: &str = "SLUICE_STREAM_IDLE_TIMEOUT";
+pub const ENV_MAX_CONNECTIONS: &str = "SLUICE_MAX_CONNECTIONS";
+pub const ENV_TOKENIZER_FALLBACK: &str = "SLUICE_TOKENIZER_FALLBACK";
 
 /// `SO_MARK` on every socket the agent opens. Chosen clear of the bits Cilium (0x0F00),
 /// Calico (0xFFFF0000 by default) and kube-proxy (0x4000, 0x8000) use; change it when another
@@ -61,6 +75,13 @@ pub struct Config {
     pub include_system: bool,
     /// The `--intercept` rules also apply to processes in the agent's network namespace.
     pub include_host_network: bool,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub admin_addr: SocketAddr,
+    /// Run the datapath only: a third-party transparent proxy listens on the proxy addresses
+    /// and recovers destinations with `SO_ORIGINAL_DST`.
+    pub external_proxy: bool,
+    /// The proxy's settings (its `listen` is `proxy_addr`, its mark `agent_mark`).
+    pub proxy: proxy::Config,
 }
 
 /// `sluice run` flags. Each falls back to its environment variable.
@@ -106,6 +127,34 @@ pub struct RunArgs {
     /// Intercept processes in the agent's network namespace too (standalone mode on one host).
     #[arg(long = "include-host-network", env = ENV_INCLUDE_HOST_NETWORK)]
     pub include_host_network: bool,
+    /// Address of the admin listener (/metrics, /healthz, /readyz).
+    #[arg(long = "admin-addr", env = ENV_ADMIN_ADDR, default_value_t = admin::DEFAULT_ADDR)]
+    pub admin_addr: SocketAddr,
+    /// Run only the datapath; a standard transparent proxy (SO_ORIGINAL_DST) serves the proxy
+    /// addresses instead of sluice's own.
+    #[arg(long = "external-proxy", env = ENV_EXTERNAL_PROXY)]
+    pub external_proxy: bool,
+    /// Largest inference request body inspected; larger ones get 413.
+    #[arg(long = "max-body-bytes", env = ENV_MAX_BODY_BYTES, default_value_t = 4 << 20)]
+    pub max_body_bytes: usize,
+    /// Time a client has to send its request headers (e.g. `10s`, `500ms`).
+    #[arg(long = "header-read-timeout", env = ENV_HEADER_READ_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Upstream connect timeout.
+    #[arg(long = "connect-timeout", env = ENV_CONNECT_TIMEOUT, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// Time from forwarding a request to its response headers (504 past it).
+    #[arg(long = "response-timeout", env = ENV_RESPONSE_TIMEOUT, default_value = "300s", value_parser = parse_duration)]
+    pub response_timeout: Duration,
+    /// Longest silence between two chunks of a response (streams are never cut for length).
+    #[arg(long = "stream-idle-timeout", env = ENV_STREAM_IDLE_TIMEOUT, default_value = "300s", value_parser = parse_duration)]
+    pub stream_idle_timeout: Duration,
+    /// Client connections served at once.
+    #[arg(long = "max-connections", env = ENV_MAX_CONNECTIONS, default_value_t = 10_000)]
+    pub max_connections: usize,
+    /// Tokenizer for models outside the known OpenAI families (o200k_base, cl100k_base, ...).
+    #[arg(long = "tokenizer-fallback", env = ENV_TOKENIZER_FALLBACK, default_value = "o200k_base")]
+    pub tokenizer_fallback: Encoding,
 }
 
 impl RunArgs {
@@ -115,6 +164,21 @@ impl RunArgs {
             .iter()
             .map(|s| s.parse())
             .collect::<Result<_, _>>()?;
+        let proxy = proxy::Config {
+            listen: SocketAddr::V4(self.proxy_addr),
+            socket_mark: Some(self.agent_mark),
+            max_body_bytes: self.max_body_bytes,
+            header_read_timeout: self.header_read_timeout,
+            connect_timeout: self.connect_timeout,
+            response_header_timeout: self.response_timeout,
+            stream_idle_timeout: self.stream_idle_timeout,
+            max_connections: self.max_connections,
+            limits: crate::inspect::Limits {
+                fallback_encoding: self.tokenizer_fallback,
+                ..crate::inspect::Limits::default()
+            },
+            ..proxy::Config::default()
+        };
         Ok(Config {
             cgroup: self.cgroup,
             proxy_addr: self.proxy_addr,
@@ -129,6 +193,9 @@ impl RunArgs {
             proxy_cgroup: self.proxy_cgroup,
             include_system: self.include_system,
             include_host_network: self.include_host_network,
+            admin_addr: self.admin_addr,
+            external_proxy: self.external_proxy,
+            proxy,
         })
     }
 }
@@ -163,18 +230,19 @@ impl Config {
     }
 }
 
-/// `500ms`, `2s`, `1m`.
+/// `500ms`, `2s`, `1m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (n, unit) = s.split_at(split);
     let n: u64 = n
         .parse()
-        .map_err(|_| format!("{s:?}: expected a number and a unit (500ms, 2s, 1m)"))?;
+        .map_err(|_| format!("{s:?}: expected a number and a unit (500ms, 2s, 1m, 1h)"))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
-        _ => return Err(format!("{s:?}: unit must be ms, s or m")),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        _ => return Err(format!("{s:?}: unit must be ms, s, m or h")),
     };
     if d.is_zero() {
         return Err(format!("{s:?}: must be positive"));

@@ -32,6 +32,7 @@ pub mod links;
 mod load;
 mod log;
 pub mod maps;
+pub mod metrics;
 pub mod origdst;
 pub mod pin;
 pub mod probe;

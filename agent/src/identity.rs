@@ -44,3 +44,17 @@ pub struct Identity {
 pub trait IdentitySource: Send + Sync + 'static {
     fn identify(&self, cgroup_id: u64) -> Identity;
 }
+
+/// No pod cache: the caller is known by its cgroup id alone (standalone mode, or until the
+/// Kubernetes pod cache is wired in).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CgroupOnly;
+
+impl IdentitySource for CgroupOnly {
+    fn identify(&self, cgroup_id: u64) -> Identity {
+        Identity {
+            cgroup_id,
+            pod: None,
+        }
+    }
+}

@@ -9,5 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod datapath;
 pub mod identity;
+pub mod inspect;
+pub mod proxy;
 pub mod socket;
 pub mod telemetry;

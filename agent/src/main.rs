@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load the datapath and serve until SIGINT or SIGTERM.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show the pinned datapath: intercepts, counters, connections, programs, agent.
     Inspect(InspectArgs),
     /// Detach and remove everything the agent pinned.
@@ -33,7 +33,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
         Command::Inspect(args) => print(cli::inspect(&args)),
         Command::Uninstall(args) => {
             telemetry::init_logging();

@@ -64,7 +64,7 @@ impl Marked {
 
     /// Marks a socket that a library created (one that offers a hook for it).
     pub fn apply(&self, sock: impl AsFd) -> io::Result<()> {
-        set_mark(sock.as_fd().as_raw_fd(), self.mark)
+        set_mark(sock, self.mark)
     }
 
     fn raw_tcp(&self, addr: &SocketAddr) -> io::Result<Socket> {
@@ -99,11 +99,12 @@ pub fn mark_of(sock: impl AsFd) -> io::Result<u32> {
     Ok(mark)
 }
 
-fn set_mark(fd: i32, mark: u32) -> io::Result<()> {
+/// Sets `SO_MARK` on a socket created elsewhere (needs `CAP_NET_ADMIN`).
+pub fn set_mark(sock: impl AsFd, mark: u32) -> io::Result<()> {
     // SAFETY: `mark` is valid for reads of the size passed.
     let rc = unsafe {
         libc::setsockopt(
-            fd,
+            sock.as_fd().as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_MARK,
             (&raw const mark).cast(),

@@ -1,6 +1,9 @@
-//! Logs (and, later, metrics). Logs are structured `tracing` events on stderr.
+//! Logs and metrics. Logs are structured `tracing` events on stderr; metrics are served by
+//! [`admin`] from one Prometheus registry that every subsystem registers in.
 
 use tracing_subscriber::EnvFilter;
+
+pub mod admin;
 
 /// Environment variable with a `tracing` filter, e.g. `info,sluice::datapath=debug`.
 pub const ENV_LOG: &str = "SLUICE_LOG";

@@ -14,7 +14,7 @@ use std::{
 pub const ENV_SLUICE_BIN: &str = "SLUICE_BIN";
 
 /// The log line the agent prints once its datapath is attached.
-pub const READY_LINE: &str = "datapath attached";
+pub const READY_LINE: &str = "serving";
 
 pub struct AgentProcess {
     child: Child,

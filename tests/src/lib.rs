@@ -7,6 +7,8 @@
 pub mod agent;
 pub mod bpftool;
 pub mod cgroup;
+pub mod loopback;
+pub mod modelsim;
 pub mod net;
 pub mod netns;
 pub mod node;

@@ -216,10 +216,25 @@ impl Node {
         .collect()
     }
 
-    /// Starts `sluice` with [`Node::agent_args`] and `extra`, in the node, and waits until its
-    /// datapath is attached.
+    /// Starts the whole agent (datapath and its own proxy on the proxy addresses) with
+    /// [`Node::agent_args`] and `extra`, in the node, and waits until its datapath is attached.
     pub fn start_agent(&self, extra: &[&str]) -> AgentProcess {
         let mut args = self.agent_args();
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        self.start_agent_with(&args)
+    }
+
+    /// [`Node::agent_args`] for the datapath alone (`--external-proxy`): the proxy addresses are
+    /// served by a standard transparent proxy instead, such as [`Node::start_proxy`].
+    pub fn datapath_args(&self) -> Vec<String> {
+        let mut args = self.agent_args();
+        args.push("--external-proxy".to_owned());
+        args
+    }
+
+    /// Starts the datapath alone (see [`Node::datapath_args`]) with `extra`.
+    pub fn start_datapath(&self, extra: &[&str]) -> AgentProcess {
+        let mut args = self.datapath_args();
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         self.start_agent_with(&args)
     }

@@ -1,6 +1,8 @@
 //! Every integration test, as modules of one binary.
 
 mod bench;
+mod measure;
+pub(crate) mod proxy;
 
 mod privileged {
     mod apply;

@@ -113,6 +113,11 @@ impl Heartbeat {
     /// redirected connections. The first beat is immediate.
     pub fn spawn(runtime: &Handle, agent: AgentMap, stale_after: Duration) -> Self {
         let period = (stale_after / BEATS_PER_LIMIT).max(Duration::from_millis(10));
+        // Beat once before returning: whoever starts the heartbeat may announce "serving" next,
+        // and a connection right after that must already be intercepted.
+        if let Err(e) = agent.beat() {
+            warn!(error = %e, "first heartbeat write failed; the datapath stays failed open");
+        }
         let task = runtime.spawn(async move {
             let mut tick = tokio::time::interval(period);
             // A late tick beats once, at once: never a burst that hides a stall.

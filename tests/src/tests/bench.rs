@@ -56,7 +56,7 @@ fn connect4_cost_per_connect() {
     let model = node.pod("model");
     let _origin = model.serve("origin", 8000);
     // A realistic rule set: a service CIDR, single services, a port-only rule.
-    let _agent = node.start_agent(&[
+    let _agent = node.start_datapath(&[
         "--intercept",
         "198.19.0.0/16:8000",
         "--intercept",

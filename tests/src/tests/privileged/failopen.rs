@@ -51,7 +51,7 @@ fn sigkill_fails_open_within_the_limit() {
     let client = node.pod("client");
     let model = node.pod("model");
     let _origin = model.serve("origin", 8000);
-    let mut agent = node.start_agent(&["--intercept", &format!("{}:8000", model.ip4)]);
+    let mut agent = node.start_datapath(&["--intercept", &format!("{}:8000", model.ip4)]);
     let mut proxy = node.start_proxy();
     let r = client.connect(model.addr4(8000), &Connect::default());
     assert_eq!(server(&r), Some("proxy"), "{r}");
@@ -73,7 +73,7 @@ fn sigstop_fails_open_within_the_limit_and_recovers() {
     let client = node.pod("client");
     let model = node.pod("model");
     let _origin = model.serve("origin", 8000);
-    let agent = node.start_agent(&["--intercept", &format!("{}:8000", model.ip4)]);
+    let agent = node.start_datapath(&["--intercept", &format!("{}:8000", model.ip4)]);
     let proxy = node.start_proxy();
 
     // Frozen, the listener still completes handshakes into a backlog nobody accepts: the
@@ -106,7 +106,7 @@ fn fail_closed_refuses_instead_of_bypassing() {
     let client = node.pod("client");
     let model = node.pod("model");
     let _origin = model.serve("origin", 8000);
-    let mut agent = node.start_agent(&[
+    let mut agent = node.start_datapath(&[
         "--intercept",
         &format!("{}:8000", model.ip4),
         "--failure-mode",

@@ -68,7 +68,7 @@ fn inspect_shows_rules_counters_and_live_connections() {
     }
     let node = Node::new("inspect");
     let client = Arc::new(node.pod("client"));
-    let _agent = node.start_agent(&[
+    let _agent = node.start_datapath(&[
         "--intercept",
         "198.19.0.0/16:8000",
         "--intercept",
@@ -188,7 +188,7 @@ fn inspect_programs_measures_connect4_with_bpf_stats() {
     let client = Arc::new(node.pod("client"));
     let model = node.pod("model");
     let _origin = model.serve("origin", 8000);
-    let _agent = node.start_agent(&["--intercept", "198.19.0.0/16:8000"]);
+    let _agent = node.start_datapath(&["--intercept", "198.19.0.0/16:8000"]);
     let _proxy = node.start_proxy();
 
     // Connections during the sampling window (not matching: the common case).

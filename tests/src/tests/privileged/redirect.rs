@@ -40,7 +40,7 @@ fn service_connection_reaches_the_proxy_with_its_destination_and_cgroup() {
     }
     let node = Node::new("redirect-vip");
     let client = node.pod("client");
-    let _agent = node.start_agent(&["--intercept", "198.19.0.0/16:8000"]);
+    let _agent = node.start_datapath(&["--intercept", "198.19.0.0/16:8000"]);
     let _proxy = node.start_proxy();
 
     let r = client.connect(addr(VIP), &Connect::default());
@@ -69,7 +69,7 @@ fn other_cgroups_and_other_destinations_are_untouched() {
     let outsider = node.pod_in(Scope::Outside, "outsider");
     let model = node.pod("model");
     let _origin = model.serve("origin", 8000);
-    let _agent = node.start_agent(&["--intercept", &format!("{}:8000", model.ip4)]);
+    let _agent = node.start_datapath(&["--intercept", &format!("{}:8000", model.ip4)]);
     let _proxy = node.start_proxy();
 
     // Outside the attached subtree: straight to the model server.
@@ -94,7 +94,7 @@ fn the_agents_marked_connection_is_never_redirected() {
     let client = node.pod("client");
     let model = node.pod("model");
     let _origin = model.serve("origin", 8000);
-    let _agent = node.start_agent(&["--intercept", &format!("{}:8000", model.ip4)]);
+    let _agent = node.start_datapath(&["--intercept", &format!("{}:8000", model.ip4)]);
     let _proxy = node.start_proxy();
 
     // The same destination, from the same cgroup: unmarked it is redirected...
@@ -117,7 +117,7 @@ fn a_direct_connection_to_the_proxy_has_no_original_destination() {
     }
     let node = Node::new("redirect-direct");
     let client = node.pod("client");
-    let _agent = node.start_agent(&["--intercept", "198.19.0.0/16:8000"]);
+    let _agent = node.start_datapath(&["--intercept", "198.19.0.0/16:8000"]);
     let _proxy = node.start_proxy();
 
     let r = client.connect(addr(crate::node::PROXY4), &Connect::default());

@@ -79,14 +79,14 @@ fn a_restarted_agent_adopts_the_pinned_datapath() {
     let client = node.pod("client");
     let model = node.pod("model");
     let rule = format!("{}:8000", model.ip4);
-    let mut first = node.start_agent(&["--intercept", &rule]);
+    let mut first = node.start_datapath(&["--intercept", &rule]);
     let _proxy = node.start_proxy();
     assert_eq!(server(&to_proxy(&client, &model)), Some("proxy"));
     let before = (map_ids(&node), attached(&node));
     assert_one_set(&node);
 
     first.kill();
-    let second = node.start_agent(&["--intercept", &rule]);
+    let second = node.start_datapath(&["--intercept", &rule]);
     assert!(
         second.log().contains("adopted=4 attached=0"),
         "{}",
@@ -120,7 +120,7 @@ fn a_restart_with_keep_pinned_never_lets_a_connection_bypass() {
         "fail-closed",
         "--keep-pinned",
     ];
-    let mut first = node.start_agent(&args);
+    let mut first = node.start_datapath(&args);
     let mut proxy = node.start_proxy();
 
     // Connections all through the restart: each must reach the proxy or be refused.
@@ -156,7 +156,7 @@ fn a_restart_with_keep_pinned_never_lets_a_connection_bypass() {
     assert!(first.log().contains("marked_down=true"), "{}", first.log());
     proxy.kill();
     std::thread::sleep(Duration::from_millis(500));
-    let _second = node.start_agent(&args);
+    let _second = node.start_datapath(&args);
     let _proxy2 = node.start_proxy();
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::Relaxed);
@@ -192,7 +192,7 @@ fn a_replaced_map_and_a_moved_cgroup_swap_in_without_a_second_set() {
     let client = node.pod("client");
     let model = node.pod("model");
     let rule = format!("{}:8000", model.ip4);
-    let mut first = node.start_agent(&["--intercept", &rule]);
+    let mut first = node.start_datapath(&["--intercept", &rule]);
     let _proxy = node.start_proxy();
     let (old_pods, _) = attached(&node);
     first.kill();
@@ -202,7 +202,7 @@ fn a_replaced_map_and_a_moved_cgroup_swap_in_without_a_second_set() {
     let pin = node.pin_dir().join(map_names::INTERCEPT);
     std::fs::remove_file(&pin).unwrap_or_else(|e| panic!("{e}"));
     bpftool::create_map(&pin, "hash", 4, 4, 8, "INTERCEPT");
-    let mut second = node.start_agent(&["--intercept", &rule]);
+    let mut second = node.start_datapath(&["--intercept", &rule]);
     let log = second.log();
     assert!(log.contains("pinned map has another layout"), "{log}");
     // Only the programs that use INTERCEPT (connect4/6) are replaced; the others adopted.
@@ -221,7 +221,7 @@ fn a_replaced_map_and_a_moved_cgroup_swap_in_without_a_second_set() {
 
     // Another cgroup: the new links are attached there before the old ones go.
     let moved = node.pods_cgroup().child("moved");
-    let mut args = node.agent_args();
+    let mut args = node.datapath_args();
     let at = args
         .iter()
         .position(|a| a == "--cgroup")
@@ -251,7 +251,7 @@ fn uninstall_and_a_clean_stop_remove_everything() {
     let rule = format!("{}:8000", model.ip4);
 
     // A SIGKILLed agent leaves its datapath; `sluice uninstall` removes it.
-    let mut first = node.start_agent(&["--intercept", &rule]);
+    let mut first = node.start_datapath(&["--intercept", &rule]);
     first.kill();
     let pin_dir = node.pin_dir().to_string_lossy().into_owned();
     let (ok, out, err) = node.sluice(&["uninstall", "--pin-dir", &pin_dir]);
@@ -261,7 +261,7 @@ fn uninstall_and_a_clean_stop_remove_everything() {
     assert_eq!(server(&to_proxy(&client, &model)), Some("origin"));
 
     // A clean SIGTERM without --keep-pinned removes it too.
-    let mut second = node.start_agent(&["--intercept", &rule]);
+    let mut second = node.start_datapath(&["--intercept", &rule]);
     second.signal(libc::SIGTERM);
     assert!(
         second

@@ -39,7 +39,7 @@ fn cidr_single_address_and_port_only_rules_match_as_written() {
     let _origin = model.serve("origin", 8000);
     let _other = model.serve("other-port", 9000);
     let _ollama = model.serve("ollama", 11434);
-    let _agent = node.start_agent(&[
+    let _agent = node.start_datapath(&[
         "--intercept",
         "198.19.1.0/24:8000",
         "--intercept",
@@ -86,7 +86,7 @@ fn port_only_rules_never_capture_loopback() {
     cmd.args(["serve", "--name", "sidecar", "--listen", "127.0.0.1:11434"]);
     let mut sidecar = crate::process::Spawned::start("sidecar", cmd);
     sidecar.wait_line("listening", std::time::Duration::from_secs(5));
-    let _agent = node.start_agent(&["--intercept", "*:11434"]);
+    let _agent = node.start_datapath(&["--intercept", "*:11434"]);
     let _proxy = node.start_proxy();
 
     let r = client.connect(addr("127.0.0.1:11434"), &quick());
@@ -105,7 +105,7 @@ fn system_cgroups_and_host_network_are_out_of_scope_unless_opted_in() {
     let _origin = model.serve("origin", 8000);
     let rule = format!("{}:8000", model.ip4);
 
-    let mut agent = node.start_agent(&["--intercept", &rule]);
+    let mut agent = node.start_datapath(&["--intercept", &rule]);
     let proxy = node.start_proxy();
     assert_eq!(landed(&app.connect(model.addr4(8000), &quick())), "proxy");
     assert_eq!(
@@ -119,7 +119,7 @@ fn system_cgroups_and_host_network_are_out_of_scope_unless_opted_in() {
     // Opted in: the same callers are intercepted. (The node's own process is in the agent's
     // cgroup, outside the attached subtree, so host network is shown from a pod cgroup in the
     // node's namespace.)
-    let _agent = node.start_agent(&[
+    let _agent = node.start_datapath(&[
         "--intercept",
         &rule,
         "--include-system",
@@ -147,7 +147,7 @@ fn host_network_processes_in_the_subtree_are_not_intercepted_by_default() {
     let app = node.pod("app");
     let model = node.pod("model");
     let _origin = model.serve("origin", 8000);
-    let _agent = node.start_agent(&["--intercept", &format!("{}:8000", model.ip4)]);
+    let _agent = node.start_datapath(&["--intercept", &format!("{}:8000", model.ip4)]);
     let _proxy = node.start_proxy();
     // A hostNetwork pod: in the intercepted cgroup subtree, but in the node's namespace.
     let mut host = app.cgroup.command(crate::process::netprobe_binary());
@@ -166,7 +166,7 @@ fn ipv6_connections_are_redirected_and_recovered() {
     let client = node.pod("client");
     let model = node.pod("model");
     let _origin = model.serve("origin", 8000);
-    let _agent = node.start_agent(&[
+    let _agent = node.start_datapath(&[
         "--intercept",
         "[2001:2:0:ffff::/64]:8000",
         "--intercept",
@@ -211,7 +211,7 @@ fn udp_is_left_alone() {
     }
     let node = Node::new("rules-udp");
     let client = node.pod("client");
-    let _agent = node.start_agent(&["--intercept", "198.19.0.0/16:8000", "--intercept", "*:53"]);
+    let _agent = node.start_datapath(&["--intercept", "198.19.0.0/16:8000", "--intercept", "*:53"]);
     for to in ["198.19.0.10:8000", "198.19.0.53:53"] {
         let out = client
             .command(crate::process::netprobe_binary())

@@ -28,7 +28,7 @@ fn refused(node: &Node, args: &[String]) -> String {
 }
 
 fn with(node: &Node, replace: &[(&str, &str)], extra: &[&str]) -> Vec<String> {
-    let mut args = node.agent_args();
+    let mut args = node.datapath_args();
     for (flag, value) in replace {
         let at = args
             .iter()
@@ -105,7 +105,7 @@ fn unrelated_getsockopt_calls_pass_through_unchanged() {
     // TCP_INFO (with a page-sized and a 16 KiB buffer) and SO_ORIGINAL_DST on a socket the
     // datapath does not know (the kernel's own error, whatever it is on this host).
     let before = probe(&node);
-    let _agent = node.start_agent(&["--intercept", "198.19.0.0/16:8000"]);
+    let _agent = node.start_datapath(&["--intercept", "198.19.0.0/16:8000"]);
     assert_eq!(
         bpftool::cgroup_programs(node.agent_cgroup().path()).len(),
         1

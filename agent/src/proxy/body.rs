@@ -1,0 +1,295 @@
+//! Bodies: the size- and time-limited read of an inference request, and the response body that
+//! relays upstream frames as they arrive, under a per-chunk idle timeout, through the metering
+//! [`Account`] when there is one.
+
+use std::{
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
+};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use prometheus::IntCounter;
+use tokio::time::{Instant, Sleep};
+
+use super::{account::Account, respond::Error};
+
+/// Why a relayed body ended early; the client sees its connection closed (no clean end).
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error("upstream response body failed")]
+    Upstream {
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("upstream sent nothing for {timeout:?}")]
+    Idle { timeout: Duration },
+}
+
+/// A body passed through unchanged while its bytes are counted.
+#[derive(Debug)]
+pub struct Counted<B> {
+    inner: B,
+    counter: IntCounter,
+}
+
+/// What the proxy sends downstream.
+#[derive(Debug)]
+pub enum ResponseBody {
+    Full(Full<Bytes>),
+    Relay(Box<RelayBody>),
+}
+
+/// An upstream response body on its way to the client.
+#[derive(Debug)]
+pub struct RelayBody {
+    inner: Incoming,
+    idle: Duration,
+    sleep: Pin<Box<Sleep>>,
+    counter: IntCounter,
+    account: Option<Box<Account>>,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    Streaming,
+    /// Ending: these bytes (held SSE bytes, an error event) go out, then the end.
+    Flush(Option<Bytes>),
+    Done,
+}
+
+/// How an upstream body stopped before its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    UpstreamReset,
+    IdleTimeout,
+}
+
+// === impl Counted ===
+
+impl<B> Counted<B> {
+    pub fn new(inner: B, counter: IntCounter) -> Self {
+        Self { inner, counter }
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
+            self.counter.inc_by(data.len() as u64);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// === impl ResponseBody ===
+
+impl ResponseBody {
+    pub fn full(bytes: Bytes) -> Self {
+        Self::Full(Full::new(bytes))
+    }
+
+    pub fn relay(
+        inner: Incoming,
+        idle: Duration,
+        counter: IntCounter,
+        account: Option<Box<Account>>,
+    ) -> Self {
+        Self::Relay(Box::new(RelayBody {
+            inner,
+            idle,
+            sleep: Box::pin(tokio::time::sleep(idle)),
+            counter,
+            account,
+            state: State::Streaming,
+        }))
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self.get_mut() {
+            ResponseBody::Full(full) => Pin::new(full)
+                .poll_frame(cx)
+                .map_err(|never| match never {}),
+            ResponseBody::Relay(relay) => relay.poll_relay(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Full(full) => full.is_end_stream(),
+            ResponseBody::Relay(relay) => matches!(relay.state, State::Done),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ResponseBody::Full(full) => full.size_hint(),
+            // A body that may drop bytes (the usage-only chunk) has no known size.
+            ResponseBody::Relay(relay) if relay.account.as_ref().is_some_and(|a| a.may_drop()) => {
+                SizeHint::default()
+            }
+            ResponseBody::Relay(relay) => relay.inner.size_hint(),
+        }
+    }
+}
+
+// === impl RelayBody ===
+
+impl RelayBody {
+    fn poll_relay(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        loop {
+            match &mut self.state {
+                State::Done => return Poll::Ready(None),
+                State::Flush(tail) => {
+                    let tail = tail.take();
+                    self.state = State::Done;
+                    if let Some(tail) = tail.filter(|t| !t.is_empty()) {
+                        return Poll::Ready(Some(Ok(Frame::data(tail))));
+                    }
+                    continue;
+                }
+                State::Streaming => {}
+            }
+            let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+                Poll::Pending => {
+                    if self.sleep.as_mut().poll(cx).is_ready() {
+                        let timeout = self.idle;
+                        return self.fail(Failure::IdleTimeout, BodyError::Idle { timeout });
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(None) => {
+                    let tail = self.account.as_mut().and_then(|a| a.finish());
+                    self.state = State::Flush(tail);
+                    continue;
+                }
+                Poll::Ready(Some(Err(source))) => {
+                    return self.fail(Failure::UpstreamReset, BodyError::Upstream { source });
+                }
+                Poll::Ready(Some(Ok(frame))) => frame,
+            };
+            self.sleep.as_mut().reset(Instant::now() + self.idle);
+            let data = match frame.into_data() {
+                Ok(data) => data,
+                Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
+            };
+            let out = match self.account.as_mut() {
+                Some(account) => account.on_data(data),
+                None => data,
+            };
+            if out.is_empty() {
+                continue;
+            }
+            self.counter.inc_by(out.len() as u64);
+            return Poll::Ready(Some(Ok(Frame::data(out))));
+        }
+    }
+
+    /// Ends the body after an upstream failure: an SSE stream gets an error event and a clean
+    /// end (the account decides); anything else is cut, so the client cannot mistake it for
+    /// a whole response.
+    fn fail(
+        &mut self,
+        failure: Failure,
+        error: BodyError,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        tracing::debug!(error = %error, "upstream body ended early");
+        match self.account.as_mut().and_then(|a| a.fail(failure)) {
+            Some(tail) => {
+                self.state = State::Flush(Some(tail));
+                self.poll_flush()
+            }
+            None => {
+                self.state = State::Done;
+                Poll::Ready(Some(Err(error)))
+            }
+        }
+    }
+
+    fn poll_flush(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Flush(Some(tail)) if !tail.is_empty() => {
+                self.counter.inc_by(tail.len() as u64);
+                Poll::Ready(Some(Ok(Frame::data(tail))))
+            }
+            _ => Poll::Ready(None),
+        }
+    }
+}
+
+/// Reads a request body whole, refusing past `limit` bytes or `timeout`.
+pub async fn read_limited(
+    mut body: Incoming,
+    declared: Option<u64>,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, Error> {
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(Error::BodyTooLarge { limit });
+    }
+    let read = async {
+        let mut first: Option<Bytes> = None;
+        let mut rest: Option<BytesMut> = None;
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|source| Error::BodyRead { source })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            total += data.len();
+            if total > limit {
+                return Err(Error::BodyTooLarge { limit });
+            }
+            // The common case is one frame: keep it without copying.
+            match (&mut first, &mut rest) {
+                (None, _) => first = Some(data),
+                (Some(head), None) => {
+                    let cap = declared.map_or(total, |d| d as usize).min(limit);
+                    let mut buf = BytesMut::with_capacity(cap.max(total));
+                    buf.extend_from_slice(head);
+                    buf.extend_from_slice(&data);
+                    rest = Some(buf);
+                }
+                (Some(_), Some(buf)) => buf.extend_from_slice(&data),
+            }
+        }
+        Ok(match (first, rest) {
+            (_, Some(buf)) => buf.freeze(),
+            (Some(head), None) => head,
+            (None, None) => Bytes::new(),
+        })
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| Error::BodyTimeout { timeout })?
+}

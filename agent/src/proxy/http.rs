@@ -1,0 +1,345 @@
+//! One HTTP request through the proxy: inference calls are read, parsed once, admitted and
+//! metered; everything else is relayed byte for byte without buffering.
+
+use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version, header,
+    uri::{Authority, PathAndQuery, Scheme},
+};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use tracing::debug;
+
+use super::{
+    Shared,
+    account::{Account, ResponseKind},
+    body::{self, Counted, ResponseBody},
+    respond::{self, Error},
+    route::RouteRequest,
+    upstream::UpstreamBody,
+};
+use crate::{
+    admission::{AdmissionRequest, Api},
+    identity::{Identity, Interception},
+    inspect::{self, InferenceRequest, usage::Meter},
+};
+
+/// Bodies larger than this are parsed on the blocking pool, so one large request cannot stall
+/// the other connections of its worker thread.
+const INLINE_PARSE_MAX: usize = 256 * 1024;
+
+/// What the proxy knows about a client connection.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub interception: Interception,
+    pub identity: Identity,
+    /// The recovered destination is the proxy itself: every request is a loop.
+    pub self_call: bool,
+}
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the non-standard
+/// ones proxies also drop.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Prefix of sluice's own headers: a client must never be able to send them.
+const INTERNAL_PREFIX: &str = "x-sluice-";
+
+/// Serves one request; never fails (errors become responses).
+pub async fn serve(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let api = inspect::classify(request.method(), request.uri().path());
+    let kind = if api.is_some() {
+        "inference"
+    } else {
+        "passthrough"
+    };
+    let result = match (conn.self_call, api) {
+        (true, _) => Err(Error::LoopDetected {
+            addr: conn.interception.original_dst,
+        }),
+        (false, Some(api)) => inference(&shared, &conn, api, request).await,
+        (false, None) => passthrough(&shared, &conn, request).await,
+    };
+    let response = result.unwrap_or_else(|error| {
+        debug!(peer = %conn.peer, %error, code = error.code(), "request refused");
+        shared
+            .metrics
+            .errors
+            .with_label_values(&[error.code()])
+            .inc();
+        respond::error(&error)
+    });
+    shared
+        .metrics
+        .requests
+        .with_label_values(&[kind, response.status().as_str()])
+        .inc();
+    Ok(response)
+}
+
+async fn passthrough(
+    shared: &Shared,
+    conn: &ConnInfo,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Error> {
+    let dst = conn.interception.original_dst;
+    let (mut parts, body) = request.into_parts();
+    prepare_upstream(&mut parts, dst);
+    let body = Counted::new(body, shared.bytes_upstream.clone());
+    let request = Request::from_parts(parts, Either::Left(body));
+    let response = shared.upstream.send(dst, request).await?;
+    Ok(relay_response(shared, response, None))
+}
+
+async fn inference(
+    shared: &Shared,
+    conn: &ConnInfo,
+    api: Api,
+    request: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Error> {
+    let (mut parts, body) = request.into_parts();
+    check_content(&parts.headers)?;
+    let started = Instant::now();
+    let declared = content_length(&parts.headers);
+    let config = &shared.config;
+    let body = body::read_limited(
+        body,
+        declared,
+        config.max_body_bytes,
+        config.body_read_timeout,
+    )
+    .await?;
+    shared.bytes_upstream.inc_by(body.len() as u64);
+    let (parsed, body) = parse(shared, api, body).await?;
+    shared
+        .metrics
+        .inspect_duration
+        .observe(started.elapsed().as_secs_f64());
+
+    // The processor pipeline (access control, guardrails, callouts) runs here: after the
+    // parse, before routing and admission, so a refused request costs no tokens.
+
+    let dst = shared.router.route(&RouteRequest {
+        api,
+        model: &parsed.model,
+        original_dst: conn.interception.original_dst,
+        identity: &conn.identity,
+    })?;
+    if shared.self_addrs.contains(&dst) {
+        return Err(Error::LoopDetected { addr: dst });
+    }
+    let ticket = shared
+        .admission
+        .admit(&AdmissionRequest {
+            identity: &conn.identity,
+            api,
+            model: &parsed.model,
+            prompt: &parsed.prompt,
+            max_output_tokens: parsed.max_output_tokens,
+            api_key: api_key(&parts.headers),
+        })
+        .map_err(Error::RateLimited)?;
+    let rate_headers = ticket.headers().clone();
+
+    let body = inspect::with_usage_requested(&parsed, body);
+    prepare_upstream(&mut parts, dst);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let request = Request::from_parts(parts, UpstreamBody::Right(Full::new(body)));
+    let sent_at = Instant::now();
+    let response = shared.upstream.send(dst, request).await?;
+
+    let kind = response_kind(&response, &parsed);
+    let InferenceRequest { model, prompt, .. } = parsed;
+    let encoding = prompt.encoding.unwrap_or(config.limits.fallback_encoding);
+    let account = Account::new(
+        api,
+        &kind,
+        config.account_limits(),
+        Meter::new(encoding),
+        ticket,
+        prompt,
+        shared.metrics.model_label(&model),
+        sent_at,
+        Arc::clone(&shared.metrics),
+    );
+    let mut response = relay_response(shared, response, Some(Box::new(account)));
+    respond::add_headers(response.headers_mut(), &rate_headers);
+    Ok(response)
+}
+
+/// Parses the body, on the blocking pool when it is large.
+async fn parse(shared: &Shared, api: Api, body: Bytes) -> Result<(InferenceRequest, Bytes), Error> {
+    let limits = shared.config.limits;
+    if body.len() <= INLINE_PARSE_MAX {
+        let parsed = inspect::parse(api, &body, &limits)?;
+        return Ok((parsed, body));
+    }
+    let parsed = tokio::task::spawn_blocking(move || {
+        inspect::parse(api, &body, &limits).map(|parsed| (parsed, body))
+    })
+    .await;
+    match parsed {
+        Ok(result) => Ok(result?),
+        // Only a panic in the parser gets here; refuse the request rather than forward it.
+        Err(_) => Err(Error::Inspect(inspect::Error::Json(
+            inspect::json::Error::Syntax {
+                message: "body could not be parsed".to_owned(),
+            },
+        ))),
+    }
+}
+
+/// An inference body must be JSON sluice can read: anything else would go upstream
+/// uninspected.
+fn check_content(headers: &HeaderMap) -> Result<(), Error> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .unwrap_or_default();
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    let is_json = essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"));
+    if !is_json {
+        return Err(Error::UnsupportedMediaType { content_type });
+    }
+    for encoding in headers.get_all(header::CONTENT_ENCODING) {
+        let encoding = String::from_utf8_lossy(encoding.as_bytes());
+        if encoding
+            .split(',')
+            .any(|e| !e.trim().eq_ignore_ascii_case("identity") && !e.trim().is_empty())
+        {
+            return Err(Error::UnsupportedEncoding {
+                encoding: encoding.into_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn api_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(key);
+    }
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = auth.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+}
+
+/// Points a request at `dst` over HTTP/1.1 and removes what must not cross the hop.
+fn prepare_upstream(parts: &mut http::request::Parts, dst: SocketAddr) {
+    // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstream needs it as `Host`.
+    if !parts.headers.contains_key(header::HOST) {
+        let host = parts.uri.authority().map_or_else(
+            || HeaderValue::from_str(&dst.to_string()),
+            |a| HeaderValue::from_str(a.as_str()),
+        );
+        if let Ok(host) = host {
+            parts.headers.insert(header::HOST, host);
+        }
+    }
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(Scheme::HTTP);
+    uri.authority = Authority::try_from(dst.to_string()).ok();
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    );
+    if let Ok(u) = Uri::from_parts(uri) {
+        parts.uri = u;
+    }
+    parts.version = Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    strip_internal(&mut parts.headers);
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in `Connection` are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+fn strip_internal(headers: &mut HeaderMap) {
+    let internal: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| k.as_str().starts_with(INTERNAL_PREFIX))
+        .cloned()
+        .collect();
+    for name in internal {
+        headers.remove(name);
+    }
+}
+
+fn response_kind(response: &Response<Incoming>, request: &InferenceRequest) -> ResponseKind {
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    ResponseKind {
+        success: response.status().is_success(),
+        event_stream: content_type.starts_with("text/event-stream"),
+        json: content_type.starts_with("application/json"),
+        strip_usage: request.usage_injected(),
+    }
+}
+
+fn relay_response(
+    shared: &Shared,
+    response: Response<Incoming>,
+    account: Option<Box<Account>>,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = response.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if account.as_ref().is_some_and(|a| a.may_drop()) {
+        // Metering drops the usage-only chunk, so the length changes: re-frame.
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
+    let body = ResponseBody::relay(
+        body,
+        shared.config.stream_idle_timeout,
+        shared.bytes_downstream.clone(),
+        account,
+    );
+    Response::from_parts(parts, body)
+}

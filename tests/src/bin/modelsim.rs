@@ -1,0 +1,35 @@
+//! The model-server simulator as a process, for the demo and benchmarks:
+//! `modelsim [--addr 127.0.0.1:8000] [--tps N] [--ttft-ms N] [--model NAME] [--workers N]`.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail};
+use sluice_tests::modelsim::{ModelSim, SimConfig};
+
+fn main() -> Result<()> {
+    let mut config = SimConfig {
+        addr: "127.0.0.1:8000".parse()?,
+        workers: 2,
+        ..SimConfig::default()
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--addr" => config.addr = value.parse().context("--addr")?,
+            "--tps" => config.tokens_per_second = value.parse().context("--tps")?,
+            "--ttft-ms" => config.ttft = Duration::from_millis(value.parse().context("--ttft-ms")?),
+            "--model" => config.model = value,
+            "--workers" => config.workers = value.parse().context("--workers")?,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    let sim = ModelSim::start(config);
+    println!("modelsim listening on {}", sim.addr());
+    // Serve until killed.
+    loop {
+        std::thread::park();
+    }
+}
