@@ -25,22 +25,7 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     pub fn binary() -> PathBuf {
-        if let Some(bin) = std::env::var_os(ENV_SLUICE_BIN) {
-            return bin.into();
-        }
-        let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-        // target/<profile>/deps/<test binary> -> target/<profile>/sluice
-        let bin = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .map(|profile| profile.join("sluice"))
-            .unwrap_or_else(|| panic!("cannot derive the sluice binary from {}", exe.display()));
-        assert!(
-            bin.is_file(),
-            "{} not found: build it with `cargo build -p sluice` (cargo xtask test does), or set {ENV_SLUICE_BIN}",
-            bin.display()
-        );
-        bin
+        crate::workspace_binary("sluice", ENV_SLUICE_BIN, "sluice")
     }
 
     /// Starts `sluice <args>` and waits until it reports its datapath attached.

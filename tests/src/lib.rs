@@ -42,3 +42,23 @@ pub fn unique_name(test: &str) -> String {
         .collect();
     format!("{short}-{}", std::process::id())
 }
+
+/// A binary of this workspace next to the running test binary's `deps/` directory
+/// (`target/<profile>/<name>`), unless `env_var` names another. `package` says what to build.
+pub fn workspace_binary(name: &str, env_var: &str, package: &str) -> std::path::PathBuf {
+    if let Some(bin) = std::env::var_os(env_var) {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join(name))
+        .unwrap_or_else(|| panic!("cannot derive {name} from {}", exe.display()));
+    assert!(
+        bin.is_file(),
+        "{} not found: build it with `cargo build -p {package} --bins` (cargo xtask test does), or set {env_var}",
+        bin.display()
+    );
+    bin
+}

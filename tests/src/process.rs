@@ -13,6 +13,7 @@ use serde_json::Value;
 /// Environment variable naming the `sluice-netprobe` binary; by default the one next to this
 /// test binary's `deps/` directory.
 pub const ENV_NETPROBE_BIN: &str = "SLUICE_NETPROBE_BIN";
+pub const ENV_MODELSIM_BIN: &str = "SLUICE_MODELSIM_BIN";
 
 type Lines = Arc<(Mutex<Vec<String>>, Condvar)>;
 
@@ -110,21 +111,12 @@ impl Drop for Spawned {
 
 /// The `sluice-netprobe` binary.
 pub fn netprobe_binary() -> PathBuf {
-    if let Some(bin) = std::env::var_os(ENV_NETPROBE_BIN) {
-        return bin.into();
-    }
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join("sluice-netprobe"))
-        .unwrap_or_else(|| panic!("cannot derive sluice-netprobe from {}", exe.display()));
-    assert!(
-        bin.is_file(),
-        "{} not found: build it with `cargo build -p sluice-tests --bins` (cargo xtask test does), or set {ENV_NETPROBE_BIN}",
-        bin.display()
-    );
-    bin
+    crate::workspace_binary("sluice-netprobe", ENV_NETPROBE_BIN, "sluice-tests")
+}
+
+/// The `modelsim` binary (the vLLM-compatible simulator as a process).
+pub fn modelsim_binary() -> PathBuf {
+    crate::workspace_binary("modelsim", ENV_MODELSIM_BIN, "sluice-tests")
 }
 
 /// Runs a prepared `sluice-netprobe connect` command and returns its JSON result.

@@ -6,6 +6,7 @@ pub(crate) mod proxy;
 
 mod privileged {
     mod apply;
+    mod e2e;
     mod failopen;
     mod inspect;
     mod redirect;

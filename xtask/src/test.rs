@@ -31,16 +31,18 @@ pub fn run(opts: &Options) -> Result<()> {
     if !opts.no_lint {
         lint()?;
     }
-    // The privileged tests spawn the real `sluice` and `sluice-netprobe` binaries, so they must
-    // be current.
+    // The privileged tests spawn the real `sluice`, `sluice-netprobe` and `modelsim` binaries,
+    // so they must be current. Built in the same invocation shape as the test run below (whole
+    // workspace, tests included) so features unify identically and nothing, in particular the
+    // agent's embedded eBPF object, is built twice.
     cmd::run(cmd::cargo().args([
         "build",
         "--locked",
-        "--package",
-        "sluice",
-        "--package",
-        "sluice-tests",
+        "--workspace",
+        "--exclude",
+        "sluice-ebpf",
         "--bins",
+        "--tests",
     ]))?;
     let mut test = cmd::cargo();
     test.args([
