@@ -156,7 +156,7 @@ fn a_stream_is_relayed_live_and_metered_without_the_injected_usage_chunk() {
         &["gen_ai_token_type=\"output\""],
     );
     assert!(
-        output >= 1.0 && output <= 16.0,
+        (1.0..=16.0).contains(&output),
         "output tokens metered: {output}"
     );
 }
