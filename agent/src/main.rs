@@ -19,6 +19,13 @@ enum Command {
     Run(RunArgs),
     /// Print the version.
     Version,
+    /// Write sluice's CRDs as YAML (what `cargo xtask gen-crds` runs).
+    #[command(hide = true)]
+    Crds {
+        /// Directory to write one file per CRD into; without it, print them all to stdout.
+        #[arg(long)]
+        out_dir: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -29,6 +36,7 @@ fn main() -> ExitCode {
             println!("sluice {}", env!("CARGO_PKG_VERSION"));
             Ok(())
         }
+        Command::Crds { out_dir } => crds(out_dir.as_deref()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -48,5 +56,21 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(app::run(config))?;
+    Ok(())
+}
+
+fn crds(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    for (file, crd) in sluice::kube::crds::sluice_crds() {
+        let yaml = sluice::kube::crds::to_yaml(&crd).with_context(|| format!("rendering {file}"))?;
+        match out_dir {
+            Some(dir) => {
+                let path = dir.join(file);
+                std::fs::write(&path, yaml)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            None => print!("{yaml}"),
+        }
+    }
     Ok(())
 }

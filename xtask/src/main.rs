@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod crds;
 mod demo;
 mod setup;
 mod test;
@@ -20,6 +21,8 @@ enum Verb {
     Setup,
     /// Set up, then run fmt, clippy, and every test (privileged ones when root).
     Test(test::Options),
+    /// Regenerate crds/*.yaml from the Rust resource types.
+    GenCrds,
     /// Run the demo: a node in network namespaces, the agent, a client and a model simulator.
     Demo,
 }
@@ -29,6 +32,7 @@ fn main() {
     let result = match cli.verb {
         Verb::Setup => setup::run(),
         Verb::Test(opts) => test::run(&opts),
+        Verb::GenCrds => crds::run(),
         Verb::Demo => demo::run(),
     };
     if let Err(e) = result {
