@@ -99,9 +99,8 @@ pub struct CidrTarget {
         "message": "must be a CIDR (IPv4 or IPv6) with no bits set past the prefix length"
     }]))]
     pub cidr: String,
-    /// Ports to intercept in the range. Empty: every port.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(range(min = 1, max = 65535)))]
+    /// Ports to intercept in the range (at least one: the datapath matches port first).
+    #[schemars(length(min = 1, max = 64), inner(range(min = 1, max = 65535)))]
     pub ports: Vec<u16>,
 }
 
@@ -244,9 +243,13 @@ impl TrafficPolicySpec {
             if let Err(e) = Cidr::parse(&c.cidr) {
                 v.error(format!("{path}.cidr"), format!("{:?}: {e}", c.cidr));
             }
+            v.check(!c.ports.is_empty(), format!("{path}.ports"), "list at least one port");
             check_ports(&mut v, &c.ports, &format!("{path}.ports"));
         }
         check_ports(&mut v, &t.ports, "spec.targets.ports");
+        if let Some(sel) = &self.clients.namespace_selector {
+            crate::kube::selector::validate(sel, "spec.clients.namespaceSelector", &mut v);
+        }
         self.tenant.validate(&mut v);
         v.check(
             (1024..=67_108_864).contains(&self.inspection.max_body_bytes),

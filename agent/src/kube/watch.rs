@@ -1,0 +1,1 @@
+//! Watchers (kube-rs reflectors).
