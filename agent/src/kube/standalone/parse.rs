@@ -127,7 +127,11 @@ fn parse_doc(value: &Value) -> Result<Resource, Problems> {
     let name = value
         .pointer("/metadata/name")
         .and_then(Value::as_str)
-        .map(str::to_owned);
+        .filter(|n| !n.is_empty())
+        .map(|n| match value.pointer("/metadata/namespace").and_then(Value::as_str) {
+            Some(ns) => format!("{ns}/{n}"),
+            None => n.to_owned(),
+        });
     let (Some(api_version), Some(kind)) = (api_version, kind) else {
         return Err(vec![(None, name, "apiVersion and kind are required".to_owned())]);
     };

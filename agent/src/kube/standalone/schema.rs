@@ -186,8 +186,8 @@ mod tests {
             [
                 "extra",
                 "metadata.lables",
-                "spec.targets.services[0].nmae",
-                "spec.targets.servces"
+                "spec.targets.servces",
+                "spec.targets.services[0].nmae"
             ]
         );
     }
