@@ -25,6 +25,8 @@ pub struct Config {
     /// Destinations to intercept.
     pub intercepts: Vec<InterceptRule>,
     pub agent_mark: u32,
+    /// Where the full configuration comes from (files or the Kubernetes API), if anywhere.
+    pub source: crate::kube::source::SourceArgs,
 }
 
 /// `sluice run` flags. Each falls back to its environment variable.
@@ -42,6 +44,8 @@ pub struct RunArgs {
     /// SO_MARK of the agent's own sockets (never intercepted).
     #[arg(long = "agent-mark", env = ENV_AGENT_MARK, default_value_t = DEFAULT_AGENT_MARK)]
     pub agent_mark: u32,
+    #[command(flatten)]
+    pub source: crate::kube::source::SourceArgs,
 }
 
 impl RunArgs {
@@ -56,6 +60,7 @@ impl RunArgs {
             proxy_addr: self.proxy_addr,
             intercepts,
             agent_mark: self.agent_mark,
+            source: self.source,
         })
     }
 }

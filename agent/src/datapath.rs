@@ -7,7 +7,7 @@ use std::{
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, MapError, lpm_trie::Key},
+    maps::{Array, LpmTrie, MapData, MapError, lpm_trie::Key},
     programs::{CgroupAttachMode, CgroupSockAddr, ProgramError},
 };
 use sluice_common::{
@@ -87,6 +87,13 @@ impl Datapath {
 
     pub fn cgroup(&self) -> &Path {
         &self.cgroup
+    }
+
+    /// Hands the `INTERCEPT` trie to its owner for live updates (the kube reconciler), once.
+    pub fn take_intercept_map(&mut self) -> Result<LpmTrie<MapData, Intercept4, RuleValue>, Error> {
+        let name = map_names::INTERCEPT;
+        let map = self._ebpf.take_map(name).ok_or(Error::MissingMap { name })?;
+        LpmTrie::try_from(map).map_err(|source| Error::Map { name, source })
     }
 }
 

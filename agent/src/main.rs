@@ -17,6 +17,12 @@ struct Cli {
 enum Command {
     /// Load the datapath and serve until SIGINT or SIGTERM.
     Run(RunArgs),
+    /// Check a standalone configuration (file or directory) and print what it holds.
+    Check {
+        /// The file or directory `sluice run --config` would read.
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
     /// Print the version.
     Version,
     /// Write sluice's CRDs as YAML (what `cargo xtask gen-crds` runs).
@@ -37,6 +43,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Crds { out_dir } => crds(out_dir.as_deref()),
+        Command::Check { config } => check(&config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -72,5 +79,21 @@ fn crds(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
             None => print!("{yaml}"),
         }
     }
+    Ok(())
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let (inputs, files) = sluice::kube::standalone::load_path(path, "check")?;
+    println!(
+        "{}: {} files: {} TrafficPolicy, {} TokenBudget, {} ExternalProvider, {} InferencePool, {} Pod, {} Service",
+        path.display(),
+        files.len(),
+        inputs.policies.len(),
+        inputs.budgets.len(),
+        inputs.providers.len(),
+        inputs.pools.len(),
+        inputs.local_pods.len(),
+        inputs.services.len(),
+    );
     Ok(())
 }

@@ -88,17 +88,20 @@ fn parse_yaml(text: &str) -> Result<Vec<Value>, (Option<usize>, String)> {
     serde_saphyr::from_multiple_with_options::<Value>(text, options).map_err(|e| {
         let line = e.location().map(|l| l.line());
         let document = line.map(|l| document_of_line(text, l));
-        let message = first_line(&e.to_string());
+        let message = clean(&e.to_string());
         let message = match line {
-            Some(l) => format!("line {l}: {message}"),
-            None => message,
+            Some(l) if !message.starts_with("line ") => format!("line {l}: {message}"),
+            _ => message,
         };
         (document, message)
     })
 }
 
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or(s).trim().to_owned()
+/// The parser's first line, without its severity prefix and its advice to library users.
+fn clean(s: &str) -> String {
+    let line = s.lines().next().unwrap_or(s).trim();
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    line.split(", set DuplicateKeyPolicy").next().unwrap_or(line).to_owned()
 }
 
 /// Which document (0-based) a 1-based line falls in, counting `---` separators before it.
