@@ -122,11 +122,7 @@ pub async fn start(
     let node = args.node();
     let store = Store::new();
     let builder = Builder::new(node.clone(), args.namespace.clone(), args.secret_namespaces(), flag_rules);
-    let root = match &args.cgroup_root {
-        Some(r) => r.clone(),
-        None => crate::datapath::cgroup::mount_point().unwrap_or_else(|_| PathBuf::from("/sys/fs/cgroup")),
-    };
-    let mut engine = Engine::new(store.clone(), builder, Scanner::new(root));
+    let mut engine = Engine::new(store.clone(), builder, Scanner::new(cgroup_root(args)));
     let identity = SnapshotIdentity::new(store.clone(), engine.rescan_trigger());
     let (tx, rx) = mpsc::channel(16);
     let mut tasks = Vec::new();
@@ -139,25 +135,62 @@ pub async fn start(
     } else {
         let config = client::infer_config().await?;
         let kube = client::build(config, agent_mark)?;
-        let watch = WatchConfig {
-            node: node.clone(),
-            secret_namespaces: args.secret_namespaces(),
-        };
-        info!(node = %node, secret_namespaces = ?watch.secret_namespaces, "watching the Kubernetes API");
-        tasks.push(tokio::spawn(Watchers::start(kube.clone(), &watch).run(tx)));
-        if args.status {
-            status::announce(&node);
-            let writer = StatusWriter::new(
-                kube,
-                node,
-                usage.unwrap_or_else(|| Arc::new(NoUsage)),
-                Duration::from_secs(args.status_usage_interval),
-            );
-            tasks.push(tokio::spawn(writer.run(store.clone())));
-        }
+        tasks.extend(spawn_cluster(args, &node, kube, &store, usage, tx));
     }
     tasks.push(tokio::spawn(engine.run(rx)));
     Ok(Some(Running { store, identity, tasks }))
+}
+
+/// Starts the cluster source with a given client (tests pass one for the fake API server).
+pub fn start_with_client(
+    args: &SourceArgs,
+    flag_rules: Vec<InterceptRule>,
+    kube: kube::Client,
+    usage: Option<Arc<dyn UsageSource>>,
+) -> Running {
+    let node = args.node();
+    let store = Store::new();
+    let builder = Builder::new(node.clone(), args.namespace.clone(), args.secret_namespaces(), flag_rules);
+    let engine = Engine::new(store.clone(), builder, Scanner::new(cgroup_root(args)));
+    let identity = SnapshotIdentity::new(store.clone(), engine.rescan_trigger());
+    let (tx, rx) = mpsc::channel(16);
+    let mut tasks = spawn_cluster(args, &node, kube, &store, usage, tx);
+    tasks.push(tokio::spawn(engine.run(rx)));
+    Running { store, identity, tasks }
+}
+
+fn spawn_cluster(
+    args: &SourceArgs,
+    node: &str,
+    kube: kube::Client,
+    store: &Store,
+    usage: Option<Arc<dyn UsageSource>>,
+    tx: mpsc::Sender<Update>,
+) -> Vec<JoinHandle<()>> {
+    let watch = WatchConfig {
+        node: node.to_owned(),
+        secret_namespaces: args.secret_namespaces(),
+    };
+    info!(node, secret_namespaces = ?watch.secret_namespaces, "watching the Kubernetes API");
+    let mut tasks = vec![tokio::spawn(Watchers::start(kube.clone(), &watch).run(tx))];
+    if args.status {
+        status::announce(node);
+        let writer = StatusWriter::new(
+            kube,
+            node.to_owned(),
+            usage.unwrap_or_else(|| Arc::new(NoUsage)),
+            Duration::from_secs(args.status_usage_interval),
+        );
+        tasks.push(tokio::spawn(writer.run(store.clone())));
+    }
+    tasks
+}
+
+fn cgroup_root(args: &SourceArgs) -> PathBuf {
+    match &args.cgroup_root {
+        Some(r) => r.clone(),
+        None => crate::datapath::cgroup::mount_point().unwrap_or_else(|_| PathBuf::from("/sys/fs/cgroup")),
+    }
 }
 
 fn hostname() -> String {
