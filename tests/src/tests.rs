@@ -1,6 +1,7 @@
 //! Every integration test, as modules of one binary.
 
 mod apiserver;
+mod cluster;
 
 mod privileged {
     mod redirect;

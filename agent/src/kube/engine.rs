@@ -93,6 +93,9 @@ impl Engine {
 
     /// Takes a source's new state, rescans cgroups when the local pods changed, publishes.
     pub fn update(&mut self, update: Update) {
+        if update.inputs == self.inputs && update.complete == self.complete && self.store.load().version > 0 {
+            return;
+        }
         let pods_changed = update.inputs.local_pods != self.inputs.local_pods;
         self.inputs = update.inputs;
         if update.complete && !self.complete {

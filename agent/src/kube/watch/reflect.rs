@@ -108,6 +108,7 @@ async fn consume<K: Resource>(
 ) {
     let mut stream = std::pin::pin!(stream);
     let mut generations: HashMap<String, Option<i64>> = HashMap::new();
+    let mut listing: HashMap<String, Option<i64>> = HashMap::new();
     let mut last_warn: Option<Instant> = None;
     let mut failing = false;
     while let Some(event) = stream.next().await {
@@ -119,21 +120,23 @@ async fn consume<K: Resource>(
                     info!(watch = %name, "API server reachable again; state relisted");
                 }
                 failing = false;
-                generations.clear();
+                generations = std::mem::take(&mut listing);
                 dirty.notify_one();
             }
-            Ok(Event::Init | Event::InitApply(_)) => {}
+            Ok(Event::Init) => listing.clear(),
+            Ok(Event::InitApply(obj)) => {
+                listing.insert(uid(&obj), obj.meta().generation);
+            }
             Ok(Event::Apply(obj)) => {
                 failing = false;
-                let key = obj.meta().uid.clone().unwrap_or_else(|| obj.name_any());
                 let generation = obj.meta().generation;
-                if !options.spec_only || generations.insert(key, generation) != Some(generation) {
+                if !options.spec_only || generations.insert(uid(&obj), generation) != Some(generation) {
                     dirty.notify_one();
                 }
             }
             Ok(Event::Delete(obj)) => {
                 failing = false;
-                generations.remove(&obj.meta().uid.clone().unwrap_or_else(|| obj.name_any()));
+                generations.remove(&uid(&obj));
                 dirty.notify_one();
             }
             Err(error) => {
@@ -149,6 +152,10 @@ async fn consume<K: Resource>(
             }
         }
     }
+}
+
+fn uid<K: Resource>(obj: &K) -> String {
+    obj.meta().uid.clone().unwrap_or_else(|| obj.name_any())
 }
 
 fn is_not_found(error: &watcher::Error) -> bool {
