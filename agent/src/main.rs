@@ -23,6 +23,11 @@ enum Command {
         #[arg(long)]
         config: std::path::PathBuf,
     },
+    /// Mount bpffs at a path unless one is mounted there (the DaemonSet's init container).
+    #[command(hide = true)]
+    MountBpffs {
+        path: std::path::PathBuf,
+    },
     /// Print the version.
     Version,
     /// Write sluice's CRDs as YAML (what `cargo xtask gen-crds` runs).
@@ -44,6 +49,7 @@ fn main() -> ExitCode {
         }
         Command::Crds { out_dir } => crds(out_dir.as_deref()),
         Command::Check { config } => check(&config),
+        Command::MountBpffs { path } => mount_bpffs(&path),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,7 +72,37 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn mount_bpffs(path: &std::path::Path) -> anyhow::Result<()> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let target = path.to_string_lossy();
+    let mounted = mountinfo.lines().any(|l| {
+        let mut halves = l.splitn(2, " - ");
+        let left = halves.next().unwrap_or_default();
+        let fstype = halves.next().and_then(|r| r.split_whitespace().next());
+        left.split_whitespace().nth(4) == Some(&*target) && fstype == Some("bpf")
+    });
+    if mounted {
+        eprintln!("bpffs already mounted at {target}");
+        return Ok(());
+    }
+    std::fs::create_dir_all(path).with_context(|| format!("creating {target}"))?;
+    let c = |s: &str| std::ffi::CString::new(s).context("path contains NUL");
+    let (src, dst, fs) = (c("bpf")?, c(&target)?, c("bpf")?);
+    // SAFETY: NUL-terminated strings that outlive the call; no data argument.
+    let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("mount -t bpf bpf {target}"));
+    }
+    eprintln!("mounted bpffs at {target}");
+    Ok(())
+}
+
 fn crds(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(dir) = out_dir {
+        let path = dir.join("kustomization.yaml");
+        std::fs::write(&path, sluice::kube::crds::kustomization())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
     for (file, crd) in sluice::kube::crds::sluice_crds() {
         let yaml = sluice::kube::crds::to_yaml(&crd).with_context(|| format!("rendering {file}"))?;
         match out_dir {

@@ -2,6 +2,7 @@
 
 mod apiserver;
 mod cluster;
+mod manifests;
 
 mod privileged {
     mod redirect;

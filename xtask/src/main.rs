@@ -17,8 +17,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Verb {
-    /// Install what this machine lacks: rust-src, bpf-linker, Debian packages.
-    Setup,
+    /// Install what this machine lacks: rust-src, bpf-linker, Debian packages, the Python
+    /// venv for manifest validation.
+    Setup(setup::Options),
     /// Set up, then run fmt, clippy, and every test (privileged ones when root).
     Test(test::Options),
     /// Regenerate crds/*.yaml from the Rust resource types.
@@ -30,7 +31,7 @@ enum Verb {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.verb {
-        Verb::Setup => setup::run(),
+        Verb::Setup(opts) => setup::run(&opts),
         Verb::Test(opts) => test::run(&opts),
         Verb::GenCrds => crds::run(),
         Verb::Demo => demo::run(),

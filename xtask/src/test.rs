@@ -27,7 +27,7 @@ const ALLOWED_DUPLICATES: &[(&str, &str)] = &[(
 )];
 
 pub fn run(opts: &Options) -> Result<()> {
-    setup::run()?;
+    setup::run(&setup::Options::default())?;
     if !opts.no_lint {
         lint()?;
     }
