@@ -5,5 +5,6 @@ mod cluster;
 mod manifests;
 
 mod privileged {
+    mod config_source;
     mod redirect;
 }
