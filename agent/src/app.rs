@@ -29,12 +29,22 @@ pub async fn run(config: Config) -> Result<(), Error> {
     );
     // TODO(merge): the proxy takes `source.identity` as its IdentitySource, and the
     // reconciler's sinks become the datapath's `apply` (issue 3) and its LOCALITY map.
-    let source = crate::kube::source::start(&config.source, config.intercepts.clone(), config.agent_mark, None).await?;
+    let source = crate::kube::source::start(
+        &config.source,
+        config.intercepts.clone(),
+        config.agent_mark,
+        None,
+    )
+    .await?;
     let reconciler = match &source {
         Some(running) => {
             let intercept = crate::kube::sinks::InterceptMap(datapath.take_intercept_map()?);
             let locality = crate::kube::sinks::MemoryLocality::default();
-            Some(tokio::spawn(crate::kube::reconcile::run(running.store.clone(), intercept, locality)))
+            Some(tokio::spawn(crate::kube::reconcile::run(
+                running.store.clone(),
+                intercept,
+                locality,
+            )))
         }
         None => None,
     };

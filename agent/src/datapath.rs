@@ -92,7 +92,10 @@ impl Datapath {
     /// Hands the `INTERCEPT` trie to its owner for live updates (the kube reconciler), once.
     pub fn take_intercept_map(&mut self) -> Result<LpmTrie<MapData, Intercept4, RuleValue>, Error> {
         let name = map_names::INTERCEPT;
-        let map = self._ebpf.take_map(name).ok_or(Error::MissingMap { name })?;
+        let map = self
+            ._ebpf
+            .take_map(name)
+            .ok_or(Error::MissingMap { name })?;
         LpmTrie::try_from(map).map_err(|source| Error::Map { name, source })
     }
 }

@@ -25,9 +25,7 @@ enum Command {
     },
     /// Mount bpffs at a path unless one is mounted there (the DaemonSet's init container).
     #[command(hide = true)]
-    MountBpffs {
-        path: std::path::PathBuf,
-    },
+    MountBpffs { path: std::path::PathBuf },
     /// Print the version.
     Version,
     /// Write sluice's CRDs as YAML (what `cargo xtask gen-crds` runs).
@@ -73,7 +71,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 fn mount_bpffs(path: &std::path::Path) -> anyhow::Result<()> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     let target = path.to_string_lossy();
     let mounted = mountinfo.lines().any(|l| {
         let mut halves = l.splitn(2, " - ");
@@ -91,7 +90,8 @@ fn mount_bpffs(path: &std::path::Path) -> anyhow::Result<()> {
     // SAFETY: NUL-terminated strings that outlive the call; no data argument.
     let rc = unsafe { libc::mount(src.as_ptr(), dst.as_ptr(), fs.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("mount -t bpf bpf {target}"));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mount -t bpf bpf {target}"));
     }
     eprintln!("mounted bpffs at {target}");
     Ok(())
@@ -104,7 +104,8 @@ fn crds(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     for (file, crd) in sluice::kube::crds::sluice_crds() {
-        let yaml = sluice::kube::crds::to_yaml(&crd).with_context(|| format!("rendering {file}"))?;
+        let yaml =
+            sluice::kube::crds::to_yaml(&crd).with_context(|| format!("rendering {file}"))?;
         match out_dir {
             Some(dir) => {
                 let path = dir.join(file);

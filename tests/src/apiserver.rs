@@ -143,9 +143,14 @@ impl FakeApiServer {
                 runtime.shutdown_background();
             })
             .unwrap_or_else(|e| panic!("fake API server thread: {e}"));
-        let handle = ready_rx.recv().unwrap_or_else(|e| panic!("fake API server start: {e}"));
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("binding: {e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("local_addr: {e}"));
+        let handle = ready_rx
+            .recv()
+            .unwrap_or_else(|e| panic!("fake API server start: {e}"));
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("binding: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("local_addr: {e}"));
         let server = Self {
             addr,
             shared,
@@ -159,7 +164,9 @@ impl FakeApiServer {
     }
 
     fn serve_std(&self, listener: std::net::TcpListener) {
-        listener.set_nonblocking(true).unwrap_or_else(|e| panic!("nonblocking: {e}"));
+        listener
+            .set_nonblocking(true)
+            .unwrap_or_else(|e| panic!("nonblocking: {e}"));
         let _guard = self.handle.enter();
         let listener = TcpListener::from_std(listener).unwrap_or_else(|e| panic!("listener: {e}"));
         self.serve(listener);
@@ -172,11 +179,15 @@ impl FakeApiServer {
             // API server that dies does.
             let mut conns = JoinSet::new();
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let shared = Arc::clone(&shared);
                 conns.spawn(async move {
                     let service = service_fn(move |req| http::handle(Arc::clone(&shared), req));
-                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
                 while conns.try_join_next().is_some() {}
             }
@@ -219,13 +230,19 @@ impl FakeApiServer {
 
     pub fn delete(&self, kind: &str, namespace: &str, name: &str) {
         let t = type_by_kind(kind);
-        let out = self.shared.store().delete(t, &(namespace.to_owned(), name.to_owned()));
+        let out = self
+            .shared
+            .store()
+            .delete(t, &(namespace.to_owned(), name.to_owned()));
         self.shared.notify();
         out.unwrap_or_else(|e| panic!("delete: {e:?}"));
     }
 
     pub fn get(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
-        self.shared.store().get(type_by_kind(kind), &(namespace.to_owned(), name.to_owned())).cloned()
+        self.shared
+            .store()
+            .get(type_by_kind(kind), &(namespace.to_owned(), name.to_owned()))
+            .cloned()
     }
 
     /// The current revision.
@@ -270,7 +287,8 @@ impl FakeApiServer {
 
     /// Serves again on the same address.
     pub fn restart(&self) {
-        let listener = std::net::TcpListener::bind(self.addr).unwrap_or_else(|e| panic!("rebinding {}: {e}", self.addr));
+        let listener = std::net::TcpListener::bind(self.addr)
+            .unwrap_or_else(|e| panic!("rebinding {}: {e}", self.addr));
         self.serve_std(listener);
     }
 

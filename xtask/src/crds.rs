@@ -11,7 +11,15 @@ pub fn run() -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     cmd::run(
         cmd::cargo()
-            .args(["run", "--locked", "--quiet", "--package", "sluice", "--bin", "sluice"])
+            .args([
+                "run",
+                "--locked",
+                "--quiet",
+                "--package",
+                "sluice",
+                "--bin",
+                "sluice",
+            ])
             .args(["--", "crds", "--out-dir"])
             .arg(&dir),
     )

@@ -10,9 +10,7 @@ use std::{
 
 use super::{
     cgroups::CgroupIndex,
-    crds::{
-        FailureMode, SecretKeyRef, TrafficPolicySpec,
-    },
+    crds::{FailureMode, SecretKeyRef, TrafficPolicySpec},
     inputs::{Inputs, Named, ObjectKey, Origin, PodInfo},
     selector,
     snapshot::{
@@ -89,7 +87,9 @@ impl Builder {
         self.pods(inputs, cgroups, &mut snap);
         services(inputs, &mut snap);
         snap.locality = translate::locality(&inputs.local_pods, |pod| {
-            snap.pools.values().any(|p| is_member(&p.key, &p.spec.selector.match_labels, pod))
+            snap.pools
+                .values()
+                .any(|p| is_member(&p.key, &p.spec.selector.match_labels, pod))
         });
         snap
     }
@@ -140,8 +140,10 @@ impl Builder {
             }
             let id = self.policy_id(name);
             let (dests, missing) = translate::policy_dests(&p.spec, &inputs.services, inputs);
-            let mut unresolved: Vec<String> =
-                missing.iter().map(|k| format!("Service {k} not found")).collect();
+            let mut unresolved: Vec<String> = missing
+                .iter()
+                .map(|k| format!("Service {k} not found"))
+                .collect();
             if let Some(r) = &p.spec.tenant.secret_ref {
                 let key = SecretKeyRef {
                     namespace: r.namespace.clone(),
@@ -159,7 +161,9 @@ impl Builder {
             for dest in dests {
                 match owners.get(&dest) {
                     Some(owner) if owner != name => {
-                        verdict.conflicts.push(format!("{dest} is owned by TrafficPolicy {owner}"));
+                        verdict
+                            .conflicts
+                            .push(format!("{dest} is owned by TrafficPolicy {owner}"));
                     }
                     _ => {
                         owners.insert(dest, name.clone());
@@ -214,7 +218,11 @@ impl Builder {
                  or add the namespace to SLUICE_SECRET_NAMESPACES and grant the agent a Role there",
                 r.namespace,
                 r.name,
-                self.secret_namespaces.iter().cloned().collect::<Vec<_>>().join(", ")
+                self.secret_namespaces
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ));
         }
         let data = inputs
@@ -351,7 +359,13 @@ fn services(inputs: &Inputs, snap: &mut Snapshot) {
         endpoints
             .entry(ObjectKey::new(&key.namespace, &slice.service))
             .or_default()
-            .extend(slice.addresses.iter().filter(|e| e.ready).map(|e| (e.ip, e.node.clone())));
+            .extend(
+                slice
+                    .addresses
+                    .iter()
+                    .filter(|e| e.ready)
+                    .map(|e| (e.ip, e.node.clone())),
+            );
     }
     for (key, svc) in &inputs.services {
         snap.services.insert(

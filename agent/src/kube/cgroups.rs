@@ -116,8 +116,12 @@ impl Scanner {
             };
             if let Some(uid) = pod_uid(name).and_then(|u| wanted.get(&u.replace('-', "_"))) {
                 index_subtree(&child, uid, 0, index, visited);
-            } else if depth == 0 || name.starts_with("kubepods") || name.contains(".slice")
-                || name == "burstable" || name == "besteffort" || name == "guaranteed"
+            } else if depth == 0
+                || name.starts_with("kubepods")
+                || name.contains(".slice")
+                || name == "burstable"
+                || name == "besteffort"
+                || name == "guaranteed"
             {
                 // Only descend where kubelet puts pods (and through the slices above them),
                 // never into every service's and container's tree.
@@ -128,7 +132,13 @@ impl Scanner {
 }
 
 /// Indexes `dir` and its descendants for `uid`.
-fn index_subtree(dir: &Path, uid: &str, depth: usize, index: &mut CgroupIndex, visited: &mut usize) {
+fn index_subtree(
+    dir: &Path,
+    uid: &str,
+    depth: usize,
+    index: &mut CgroupIndex,
+    visited: &mut usize,
+) {
     let Ok(meta) = fs::metadata(dir) else {
         return;
     };
@@ -167,9 +177,13 @@ pub fn pod_uid(name: &str) -> Option<&str> {
 
 fn is_uid(s: &str) -> bool {
     s.len() == 36
-        && s.bytes()
-            .enumerate()
-            .all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' || b == b'_' } else { b.is_ascii_hexdigit() })
+        && s.bytes().enumerate().all(|(i, b)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                b == b'-' || b == b'_'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        })
 }
 
 #[cfg(test)]
@@ -183,7 +197,8 @@ mod tests {
 
     impl TempTree {
         fn new(name: &str) -> Self {
-            let dir = std::env::temp_dir().join(format!("sluice-cgtest-{name}-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("sluice-cgtest-{name}-{}", std::process::id()));
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir).unwrap();
             Self(dir)
@@ -208,7 +223,13 @@ mod tests {
         assert_eq!(pod_uid(&systemd), Some(UID.replace('-', "_").as_str()));
         let guaranteed = format!("kubepods-pod{}.slice", UID.replace('-', "_"));
         assert!(pod_uid(&guaranteed).is_some());
-        for not_pod in ["kubepods.slice", "burstable", "podman", "cri-containerd-abc.scope", "pod1234"] {
+        for not_pod in [
+            "kubepods.slice",
+            "burstable",
+            "podman",
+            "cri-containerd-abc.scope",
+            "pod1234",
+        ] {
             assert_eq!(pod_uid(not_pod), None, "{not_pod}");
         }
     }
@@ -227,7 +248,10 @@ mod tests {
         let mut want = vec![pod, c1, c2];
         want.sort_unstable();
         assert_eq!(ids, want);
-        assert!(!index.ids(UID).contains(&other), "a pod that was not asked for");
+        assert!(
+            !index.ids(UID).contains(&other),
+            "a pod that was not asked for"
+        );
         assert!(index.ids(OTHER).is_empty());
     }
 
@@ -235,10 +259,14 @@ mod tests {
     fn systemd_layout_indexes_pod_and_scopes() {
         let t = TempTree::new("systemd");
         let u = UID.replace('-', "_");
-        let base = format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice");
+        let base =
+            format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{u}.slice");
         let pod = t.mkdir(&base);
         let c = t.mkdir(&format!("{base}/cri-containerd-0123abcd.scope"));
-        let guaranteed = t.mkdir(&format!("kubepods.slice/kubepods-pod{}.slice", OTHER.replace('-', "_")));
+        let guaranteed = t.mkdir(&format!(
+            "kubepods.slice/kubepods-pod{}.slice",
+            OTHER.replace('-', "_")
+        ));
         let index = Scanner::new(&t.0).scan([UID, OTHER], []);
         assert!(index.ids(UID).contains(&pod));
         assert!(index.ids(UID).contains(&c));

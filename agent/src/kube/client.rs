@@ -53,7 +53,10 @@ impl MarkedConnector {
             Some("http") => 80,
             _ => 443,
         });
-        let mut last = io::Error::new(io::ErrorKind::NotFound, format!("{host} resolved to nothing"));
+        let mut last = io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{host} resolved to nothing"),
+        );
         for addr in tokio::net::lookup_host((host, port)).await? {
             match self.connect_addr(addr).await {
                 Ok(stream) => return Ok(TokioIo::new(stream)),
@@ -103,7 +106,11 @@ pub fn set_mark(socket: &impl std::os::fd::AsRawFd, mark: u32) -> io::Result<()>
             std::mem::size_of::<u32>() as libc::socklen_t,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Loads the configuration the usual way (in-cluster service account, else `KUBECONFIG` /
@@ -115,7 +122,9 @@ pub async fn infer_config() -> Result<kube::Config, Error> {
 /// A client whose every connection carries `mark`.
 pub fn build(config: kube::Config, mark: u32) -> Result<kube::Client, Error> {
     if let Some(url) = &config.proxy_url {
-        return Err(Error::Proxy { url: url.to_string() });
+        return Err(Error::Proxy {
+            url: url.to_string(),
+        });
     }
     let https = config
         .rustls_https_connector_with_connector(MarkedConnector::new(mark))

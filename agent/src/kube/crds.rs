@@ -70,7 +70,9 @@ mod tests {
     fn checked_in_crds_are_current() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds");
         let mut stale = Vec::new();
-        if std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap_or_default() != kustomization() {
+        if std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap_or_default()
+            != kustomization()
+        {
             stale.push("crds/kustomization.yaml".to_owned());
         }
         for (file, crd) in sluice_crds() {
@@ -94,11 +96,17 @@ mod tests {
             assert_eq!(crd.spec.group, GROUP, "{file}");
             let version = &crd.spec.versions[0];
             assert!(
-                version.subresources.as_ref().is_some_and(|s| s.status.is_some()),
+                version
+                    .subresources
+                    .as_ref()
+                    .is_some_and(|s| s.status.is_some()),
                 "{file}: status subresource"
             );
             assert!(
-                version.additional_printer_columns.as_ref().is_some_and(|c| c.len() >= 2),
+                version
+                    .additional_printer_columns
+                    .as_ref()
+                    .is_some_and(|c| c.len() >= 2),
                 "{file}: printer columns"
             );
         }

@@ -93,7 +93,10 @@ impl Engine {
 
     /// Takes a source's new state, rescans cgroups when the local pods changed, publishes.
     pub fn update(&mut self, update: Update) {
-        if update.inputs == self.inputs && update.complete == self.complete && self.store.load().version > 0 {
+        if update.inputs == self.inputs
+            && update.complete == self.complete
+            && self.store.load().version > 0
+        {
             return;
         }
         let pods_changed = update.inputs.local_pods != self.inputs.local_pods;
@@ -126,7 +129,10 @@ impl Engine {
 
     fn scan(&self) -> CgroupIndex {
         let pods = self.inputs.local_pods.values();
-        let uids = pods.clone().filter(|p| p.cgroup.is_none()).map(|p| p.uid.as_str());
+        let uids = pods
+            .clone()
+            .filter(|p| p.cgroup.is_none())
+            .map(|p| p.uid.as_str());
         let explicit = pods.filter_map(|p| Some((p.uid.as_str(), p.cgroup.as_deref()?)));
         self.scanner.scan(uids, explicit)
     }

@@ -1,21 +1,14 @@
 //! What a configuration source (the API server or files) delivers: the resources, reduced to
 //! what sluice uses, before any validation or indexing.
 
-use std::{
-    collections::BTreeMap,
-    fmt,
-    net::IpAddr,
-    path::PathBuf,
-};
+use std::{collections::BTreeMap, fmt, net::IpAddr, path::PathBuf};
 
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod, Secret, Service},
     discovery::v1::EndpointSlice,
 };
 
-use super::crds::{
-    ExternalProviderSpec, InferencePoolSpec, TokenBudgetSpec, TrafficPolicySpec,
-};
+use super::crds::{ExternalProviderSpec, InferencePoolSpec, TokenBudgetSpec, TrafficPolicySpec};
 
 /// Annotation on a Pod (standalone files) giving its cgroup, relative to the cgroup2 mount.
 pub const CGROUP_ANNOTATION: &str = "sluice.dev/cgroup";
@@ -214,14 +207,19 @@ impl PodInfo {
             .filter_map(|p| p.ip.parse().ok())
             .collect();
         if ips.is_empty()
-            && let Some(ip) = status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse().ok())
+            && let Some(ip) = status
+                .and_then(|s| s.pod_ip.as_deref())
+                .and_then(|ip| ip.parse().ok())
         {
             ips.push(ip);
         }
         let phase = status.and_then(|s| s.phase.as_deref());
         Some(Self {
             uid: meta.uid.clone()?,
-            namespace: meta.namespace.clone().unwrap_or_else(|| "default".to_owned()),
+            namespace: meta
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_owned()),
             name: meta.name.clone()?,
             service_account: spec
                 .and_then(|s| s.service_account_name.clone())
@@ -297,9 +295,9 @@ impl ServiceInfo {
                         name: p.name.clone(),
                         port: u16::try_from(p.port).ok().filter(|&p| p != 0)?,
                         target_port: match &p.target_port {
-                            Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(
-                                n,
-                            )) => u16::try_from(*n).ok(),
+                            Some(
+                                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n),
+                            ) => u16::try_from(*n).ok(),
                             None => u16::try_from(p.port).ok(),
                             Some(_) => None,
                         },

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 
 use std::net::IpAddr;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{
     Store,
@@ -56,7 +56,11 @@ impl<K: Ord + Clone + std::fmt::Debug, V: Eq + Clone + std::fmt::Debug> Reconcil
 
     /// Brings the sink to `desired`. Failed writes are logged, counted and retried on the
     /// next call (they are not recorded as applied).
-    pub fn reconcile<S: MapSink<K, V>>(&mut self, sink: &mut S, desired: &BTreeMap<K, V>) -> Writes {
+    pub fn reconcile<S: MapSink<K, V>>(
+        &mut self,
+        sink: &mut S,
+        desired: &BTreeMap<K, V>,
+    ) -> Writes {
         let mut writes = Writes::default();
         let applied = match self.applied.take() {
             Some(a) => a,
@@ -104,7 +108,9 @@ impl<K: Ord + Clone + std::fmt::Debug, V: Eq + Clone + std::fmt::Debug> Reconcil
     }
 }
 
-impl<K: Ord + Clone + std::fmt::Debug, V: Eq + Clone + std::fmt::Debug> Default for Reconciler<K, V> {
+impl<K: Ord + Clone + std::fmt::Debug, V: Eq + Clone + std::fmt::Debug> Default
+    for Reconciler<K, V>
+{
     fn default() -> Self {
         Self::new()
     }
@@ -113,15 +119,36 @@ impl<K: Ord + Clone + std::fmt::Debug, V: Eq + Clone + std::fmt::Debug> Default 
 /// Reconciles both sinks on every published snapshot until the store's sender is gone.
 /// Waits for the first complete snapshot, so a restarting agent never clears the pinned maps
 /// before its source has delivered the real state.
-pub async fn run<I: InterceptSink, L: LocalitySink>(store: Store, mut intercept: I, mut locality: L) {
+pub async fn run<I: InterceptSink, L: LocalitySink>(
+    store: Store,
+    mut intercept: I,
+    mut locality: L,
+) {
     let mut rx = store.subscribe();
     let mut rules = Reconciler::new();
     let mut local = Reconciler::new();
     loop {
         let snap = store.load();
         if snap.complete {
-            rules.reconcile(&mut intercept, &snap.intercepts);
-            local.reconcile(&mut locality, &snap.locality);
+            let w = rules.reconcile(&mut intercept, &snap.intercepts);
+            if w != Writes::default() {
+                info!(
+                    version = snap.version,
+                    upserts = w.upserts,
+                    removes = w.removes,
+                    failures = w.failures,
+                    "intercept rules updated"
+                );
+            }
+            let w = local.reconcile(&mut locality, &snap.locality);
+            if w != Writes::default() {
+                debug!(
+                    version = snap.version,
+                    upserts = w.upserts,
+                    removes = w.removes,
+                    "locality updated"
+                );
+            }
         }
         if rx.changed().await.is_err() {
             return;
@@ -179,7 +206,14 @@ mod tests {
         };
         let mut r = Reconciler::new();
         let w = r.reconcile(&mut sink, &map(&[(1, 1), (2, 20), (4, 4)]));
-        assert_eq!(w, Writes { upserts: 2, removes: 1, failures: 0 });
+        assert_eq!(
+            w,
+            Writes {
+                upserts: 2,
+                removes: 1,
+                failures: 0
+            }
+        );
         assert_eq!(sink.log, ["+2=20", "+4=4", "-3"]);
         assert_eq!(sink.map, map(&[(1, 1), (2, 20), (4, 4)]));
 

@@ -35,7 +35,11 @@ pub fn validate(selector: &LabelSelector, path: &str, v: &mut Validator) {
         let path = format!("{path}.matchExpressions[{i}]");
         let n = e.values.as_ref().map_or(0, Vec::len);
         match e.operator.as_str() {
-            "In" | "NotIn" => v.check(n > 0, format!("{path}.values"), "must be non-empty for In and NotIn"),
+            "In" | "NotIn" => v.check(
+                n > 0,
+                format!("{path}.values"),
+                "must be non-empty for In and NotIn",
+            ),
             "Exists" | "DoesNotExist" => v.check(
                 n == 0,
                 format!("{path}.values"),
@@ -63,7 +67,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
@@ -84,8 +91,14 @@ mod tests {
             ]),
         };
         assert!(matches(&sel, &labels(&[("team", "a"), ("tier", "gold")])));
-        assert!(!matches(&sel, &labels(&[("team", "a"), ("tier", "bronze")])));
-        assert!(!matches(&sel, &labels(&[("team", "a"), ("tier", "gold"), ("legacy", "")])));
+        assert!(!matches(
+            &sel,
+            &labels(&[("team", "a"), ("tier", "bronze")])
+        ));
+        assert!(!matches(
+            &sel,
+            &labels(&[("team", "a"), ("tier", "gold"), ("legacy", "")])
+        ));
         assert!(!matches(&sel, &labels(&[("tier", "gold")])));
         assert!(matches(&LabelSelector::default(), &labels(&[])));
     }
@@ -100,7 +113,13 @@ mod tests {
             panic!("accepted")
         };
         assert_eq!(errors.len(), 2);
-        assert_eq!(errors[0].path, "spec.clients.namespaceSelector.matchExpressions[0].operator");
-        assert_eq!(errors[1].path, "spec.clients.namespaceSelector.matchExpressions[1].values");
+        assert_eq!(
+            errors[0].path,
+            "spec.clients.namespaceSelector.matchExpressions[0].operator"
+        );
+        assert_eq!(
+            errors[1].path,
+            "spec.clients.namespaceSelector.matchExpressions[1].values"
+        );
     }
 }

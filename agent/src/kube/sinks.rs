@@ -49,7 +49,13 @@ impl MapSink<Dest, RuleAction> for InterceptMap {
             } else {
                 FailureMode::FailOpen
             };
-            out.push((dest, RuleAction { policy_id: value.policy_id, failure_mode }));
+            out.push((
+                dest,
+                RuleAction {
+                    policy_id: value.policy_id,
+                    failure_mode,
+                },
+            ));
         }
         Ok(out)
     }
@@ -109,7 +115,10 @@ impl<K: Ord + Clone, V: Clone> MapSink<K, V> for MemoryMap<K, V> {
     }
 
     fn upsert(&mut self, k: &K, v: &V) -> Result<(), Infallible> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(k.clone(), v.clone());
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(k.clone(), v.clone());
         Ok(())
     }
 

@@ -10,9 +10,7 @@ use std::{
 };
 
 use super::{
-    crds::{
-        ExternalProviderSpec, InferencePoolSpec, TokenBudgetSpec, TrafficPolicySpec,
-    },
+    crds::{ExternalProviderSpec, InferencePoolSpec, TokenBudgetSpec, TrafficPolicySpec},
     inputs::{ObjectKey, Origin},
     translate::{Dest, LocalityEntry, RuleAction},
 };
@@ -158,13 +156,21 @@ impl Snapshot {
             .intercepts
             .iter()
             .filter(|(d, _)| d.port == dst.port() && (d.any_addr || d.cidr.contains(dst.ip())))
-            .max_by_key(|(d, _)| if d.any_addr { 0 } else { u16::from(d.cidr.prefix_len) + 1 })?
+            .max_by_key(|(d, _)| {
+                if d.any_addr {
+                    0
+                } else {
+                    u16::from(d.cidr.prefix_len) + 1
+                }
+            })?
             .1;
         self.policies.values().find(|p| p.id == action.policy_id)
     }
 
     pub fn verdict(&self, kind: Kind, name: &str) -> Option<&Verdict> {
-        self.verdicts.iter().find(|v| v.kind == kind && v.name == name)
+        self.verdicts
+            .iter()
+            .find(|v| v.kind == kind && v.name == name)
     }
 }
 

@@ -121,7 +121,12 @@ pub async fn start(
     }
     let node = args.node();
     let store = Store::new();
-    let builder = Builder::new(node.clone(), args.namespace.clone(), args.secret_namespaces(), flag_rules);
+    let builder = Builder::new(
+        node.clone(),
+        args.namespace.clone(),
+        args.secret_namespaces(),
+        flag_rules,
+    );
     let mut engine = Engine::new(store.clone(), builder, Scanner::new(cgroup_root(args)));
     let identity = SnapshotIdentity::new(store.clone(), engine.rescan_trigger());
     let (tx, rx) = mpsc::channel(16);
@@ -129,16 +134,29 @@ pub async fn start(
     if let Some(path) = &args.config {
         let (inputs, files) = standalone::load_path(path, &node)?;
         info!(path = %path.display(), files = files.len(), "configuration loaded");
-        engine.update(Update { inputs, complete: true });
+        engine.update(Update {
+            inputs,
+            complete: true,
+        });
         let poll = Duration::from_millis(args.config_poll_ms.max(10));
-        tasks.push(tokio::spawn(standalone::watch(path.clone(), node, files, poll, tx)));
+        tasks.push(tokio::spawn(standalone::watch(
+            path.clone(),
+            node,
+            files,
+            poll,
+            tx,
+        )));
     } else {
         let config = client::infer_config().await?;
         let kube = client::build(config, agent_mark)?;
         tasks.extend(spawn_cluster(args, &node, kube, &store, usage, tx));
     }
     tasks.push(tokio::spawn(engine.run(rx)));
-    Ok(Some(Running { store, identity, tasks }))
+    Ok(Some(Running {
+        store,
+        identity,
+        tasks,
+    }))
 }
 
 /// Starts the cluster source with a given client (tests pass one for the fake API server).
@@ -150,13 +168,22 @@ pub fn start_with_client(
 ) -> Running {
     let node = args.node();
     let store = Store::new();
-    let builder = Builder::new(node.clone(), args.namespace.clone(), args.secret_namespaces(), flag_rules);
+    let builder = Builder::new(
+        node.clone(),
+        args.namespace.clone(),
+        args.secret_namespaces(),
+        flag_rules,
+    );
     let engine = Engine::new(store.clone(), builder, Scanner::new(cgroup_root(args)));
     let identity = SnapshotIdentity::new(store.clone(), engine.rescan_trigger());
     let (tx, rx) = mpsc::channel(16);
     let mut tasks = spawn_cluster(args, &node, kube, &store, usage, tx);
     tasks.push(tokio::spawn(engine.run(rx)));
-    Running { store, identity, tasks }
+    Running {
+        store,
+        identity,
+        tasks,
+    }
 }
 
 fn spawn_cluster(
@@ -189,7 +216,8 @@ fn spawn_cluster(
 fn cgroup_root(args: &SourceArgs) -> PathBuf {
     match &args.cgroup_root {
         Some(r) => r.clone(),
-        None => crate::datapath::cgroup::mount_point().unwrap_or_else(|_| PathBuf::from("/sys/fs/cgroup")),
+        None => crate::datapath::cgroup::mount_point()
+            .unwrap_or_else(|_| PathBuf::from("/sys/fs/cgroup")),
     }
 }
 

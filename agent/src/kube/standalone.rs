@@ -61,7 +61,11 @@ pub enum Error {
 }
 
 fn list(errors: &[DocError]) -> String {
-    errors.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n")
+    errors
+        .iter()
+        .map(|e| format!("  {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 // === impl DocError ===
@@ -120,7 +124,9 @@ pub fn config_files(path: &Path) -> Result<Vec<PathBuf>, Error> {
         .filter(|p| {
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or(".");
             !name.starts_with('.')
-                && [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext))
+                && [".yaml", ".yml", ".json"]
+                    .iter()
+                    .any(|ext| name.ends_with(ext))
                 && p.is_file()
         })
         .collect();
@@ -184,8 +190,14 @@ pub fn load(files: &[(PathBuf, String)], node: &str) -> Result<Inputs, Error> {
         }
         for (key, pool) in &inputs.pools {
             let labels = &pool.spec.selector.match_labels;
-            if pod.namespace == key.namespace && labels.iter().all(|(k, v)| pod.labels.get(k) == Some(v)) {
-                inputs.pool_members.entry(key.clone()).or_default().push(pod.clone());
+            if pod.namespace == key.namespace
+                && labels.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+            {
+                inputs
+                    .pool_members
+                    .entry(key.clone())
+                    .or_default()
+                    .push(pod.clone());
             }
         }
     }
@@ -222,19 +234,47 @@ fn add(inputs: &mut Inputs, pods: &mut Vec<PodInfo>, r: Resource, origin: Origin
     match r {
         Resource::TrafficPolicy(x) => {
             let name = x.metadata.name.clone().unwrap_or_default();
-            inputs.policies.insert(name.clone(), Named { name, origin, spec: x.spec });
+            inputs.policies.insert(
+                name.clone(),
+                Named {
+                    name,
+                    origin,
+                    spec: x.spec,
+                },
+            );
         }
         Resource::TokenBudget(x) => {
             let name = x.metadata.name.clone().unwrap_or_default();
-            inputs.budgets.insert(name.clone(), Named { name, origin, spec: x.spec });
+            inputs.budgets.insert(
+                name.clone(),
+                Named {
+                    name,
+                    origin,
+                    spec: x.spec,
+                },
+            );
         }
         Resource::ExternalProvider(x) => {
             let name = x.metadata.name.clone().unwrap_or_default();
-            inputs.providers.insert(name.clone(), Named { name, origin, spec: x.spec });
+            inputs.providers.insert(
+                name.clone(),
+                Named {
+                    name,
+                    origin,
+                    spec: x.spec,
+                },
+            );
         }
         Resource::InferencePool(x) => {
             let k = key(&x.metadata);
-            inputs.pools.insert(k.clone(), Named { name: k.to_string(), origin, spec: x.spec });
+            inputs.pools.insert(
+                k.clone(),
+                Named {
+                    name: k.to_string(),
+                    origin,
+                    spec: x.spec,
+                },
+            );
         }
         Resource::Pod(x) => {
             // Files may omit the uid; the name then stands in for it (unique per namespace).
@@ -245,7 +285,9 @@ fn add(inputs: &mut Inputs, pods: &mut Vec<PodInfo>, r: Resource, origin: Origin
             pods.extend(PodInfo::from_pod(&pod));
         }
         Resource::Service(x) => {
-            inputs.services.insert(key(&x.metadata), ServiceInfo::from_service(&x));
+            inputs
+                .services
+                .insert(key(&x.metadata), ServiceInfo::from_service(&x));
         }
         Resource::EndpointSlice(x) => {
             if let Some(slice) = SliceInfo::from_slice(&x) {
@@ -253,7 +295,9 @@ fn add(inputs: &mut Inputs, pods: &mut Vec<PodInfo>, r: Resource, origin: Origin
             }
         }
         Resource::Secret(x) => {
-            inputs.secrets.insert(key(&x.metadata), SecretData::from(&*x));
+            inputs
+                .secrets
+                .insert(key(&x.metadata), SecretData::from(&*x));
         }
         Resource::Namespace(x) => {
             let name = x.metadata.name.clone().unwrap_or_default();
@@ -299,7 +343,14 @@ pub async fn watch(
                 info!(path = %path.display(), "configuration changed; applying");
                 last_error = None;
                 last_files = files;
-                if tx.send(Update { inputs, complete: true }).await.is_err() {
+                if tx
+                    .send(Update {
+                        inputs,
+                        complete: true,
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }

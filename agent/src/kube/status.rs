@@ -19,11 +19,7 @@
 //!   large clusters should lengthen the interval or turn usage reporting off (interval 0);
 //!   `/metrics` carries the same numbers without that cost.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -103,7 +99,12 @@ struct TokenBucket {
 // === impl StatusWriter ===
 
 impl StatusWriter {
-    pub fn new(client: Client, node: String, usage: Arc<dyn UsageSource>, usage_interval: Duration) -> Self {
+    pub fn new(
+        client: Client,
+        node: String,
+        usage: Arc<dyn UsageSource>,
+        usage_interval: Duration,
+    ) -> Self {
         Self {
             client,
             node,
@@ -129,7 +130,11 @@ impl StatusWriter {
         });
         loop {
             let snap = store.load();
-            let failed = if snap.complete { self.sync(&snap).await } else { 0 };
+            let failed = if snap.complete {
+                self.sync(&snap).await
+            } else {
+                0
+            };
             let retry = if failed > 0 {
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 Some(backoff)
@@ -155,8 +160,13 @@ impl StatusWriter {
         let mut failed = 0;
         let mut live = Vec::new();
         for v in &snap.verdicts {
-            let Origin::Api { generation } = v.origin else { continue };
-            if !matches!(v.kind, Kind::TrafficPolicy | Kind::TokenBudget | Kind::ExternalProvider) {
+            let Origin::Api { generation } = v.origin else {
+                continue;
+            };
+            if !matches!(
+                v.kind,
+                Kind::TrafficPolicy | Kind::TokenBudget | Kind::ExternalProvider
+            ) {
                 continue;
             }
             let key = (v.kind, v.name.clone());
@@ -185,10 +195,20 @@ impl StatusWriter {
     fn entry(&self, v: &Verdict, generation: Option<i64>, previous: Option<&Entry>) -> Entry {
         let mut conditions = vec![
             condition(ACCEPTED, &v.accepted, "Accepted", "Invalid", generation),
-            condition(RESOLVED_REFS, &v.resolved_refs, "ResolvedRefs", "RefNotFound", generation),
+            condition(
+                RESOLVED_REFS,
+                &v.resolved_refs,
+                "ResolvedRefs",
+                "RefNotFound",
+                generation,
+            ),
         ];
         if v.kind == Kind::TrafficPolicy {
-            let c = if v.conflicts.is_empty() { Ok(()) } else { Err(v.conflicts.join("; ")) };
+            let c = if v.conflicts.is_empty() {
+                Ok(())
+            } else {
+                Err(v.conflicts.join("; "))
+            };
             // Positive polarity would read oddly here: Conflicted=True is the problem state.
             let mut cond = condition(CONFLICTED, &c, "Conflict", "NoConflict", generation);
             cond.status = if c.is_err() { "True" } else { "False" }.to_owned();
@@ -198,7 +218,12 @@ impl StatusWriter {
         // Keep a condition's transition time while its status is unchanged.
         if let Some(prev) = previous {
             for c in &mut conditions {
-                if let Some(p) = prev.node.conditions.iter().find(|p| p.type_ == c.type_ && p.status == c.status) {
+                if let Some(p) = prev
+                    .node
+                    .conditions
+                    .iter()
+                    .find(|p| p.type_ == c.type_ && p.status == c.status)
+                {
                     c.last_transition_time = p.last_transition_time.clone();
                 }
             }
@@ -273,7 +298,13 @@ fn same(a: &Entry, b: &Entry) -> bool {
     strip(a) == strip(b)
 }
 
-fn condition(type_: &str, result: &Result<(), String>, ok: &str, bad: &str, generation: Option<i64>) -> Condition {
+fn condition(
+    type_: &str,
+    result: &Result<(), String>,
+    ok: &str,
+    bad: &str,
+    generation: Option<i64>,
+) -> Condition {
     let (status, reason, message) = match result {
         Ok(()) => ("True", ok, String::new()),
         Err(m) => ("False", bad, truncate(m)),

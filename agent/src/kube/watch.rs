@@ -10,11 +10,7 @@
 //! Stores keep their last state when the API server is unreachable; kube's watcher retries
 //! with backoff and relists on 410 Gone, and the store swaps the relisted state in whole.
 
-use std::{
-    collections::HashMap,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use k8s_openapi::api::{
     core::v1::{Namespace, Pod, Secret, Service},
@@ -83,27 +79,88 @@ impl Watchers {
         let d = || Arc::clone(&dirty);
         let c = || client.clone();
         let all = watcher::Config::default();
-        let local = all.clone().fields(&format!("spec.nodeName={}", config.node));
+        let local = all
+            .clone()
+            .fields(&format!("spec.nodeName={}", config.node));
         Self {
-            local_pods: Reflected::spawn("pods (this node)".into(), Api::all(c()), local, REQUIRED, strip_pod, d()),
-            services: Reflected::spawn("services".into(), Api::all(c()), all.clone(), REQUIRED, strip_meta, d()),
-            slices: Reflected::spawn("endpointslices".into(), Api::all(c()), all.clone(), REQUIRED, strip_meta, d()),
-            namespaces: Reflected::spawn("namespaces".into(), Api::all(c()), all.clone(), REQUIRED, strip_meta, d()),
+            local_pods: Reflected::spawn(
+                "pods (this node)".into(),
+                Api::all(c()),
+                local,
+                REQUIRED,
+                strip_pod,
+                d(),
+            ),
+            services: Reflected::spawn(
+                "services".into(),
+                Api::all(c()),
+                all.clone(),
+                REQUIRED,
+                strip_meta,
+                d(),
+            ),
+            slices: Reflected::spawn(
+                "endpointslices".into(),
+                Api::all(c()),
+                all.clone(),
+                REQUIRED,
+                strip_meta,
+                d(),
+            ),
+            namespaces: Reflected::spawn(
+                "namespaces".into(),
+                Api::all(c()),
+                all.clone(),
+                REQUIRED,
+                strip_meta,
+                d(),
+            ),
             secrets: config
                 .secret_namespaces
                 .iter()
                 .map(|ns| {
-                    Reflected::spawn(format!("secrets ({ns})"), Api::namespaced(c(), ns), all.clone(), REQUIRED, strip_meta, d())
+                    Reflected::spawn(
+                        format!("secrets ({ns})"),
+                        Api::namespaced(c(), ns),
+                        all.clone(),
+                        REQUIRED,
+                        strip_meta,
+                        d(),
+                    )
                 })
                 .collect(),
-            policies: Reflected::spawn("trafficpolicies".into(), Api::all(c()), all.clone(), CRD, strip_cr, d()),
-            budgets: Reflected::spawn("tokenbudgets".into(), Api::all(c()), all.clone(), CRD, strip_cr, d()),
-            providers: Reflected::spawn("externalproviders".into(), Api::all(c()), all.clone(), CRD, strip_cr, d()),
+            policies: Reflected::spawn(
+                "trafficpolicies".into(),
+                Api::all(c()),
+                all.clone(),
+                CRD,
+                strip_cr,
+                d(),
+            ),
+            budgets: Reflected::spawn(
+                "tokenbudgets".into(),
+                Api::all(c()),
+                all.clone(),
+                CRD,
+                strip_cr,
+                d(),
+            ),
+            providers: Reflected::spawn(
+                "externalproviders".into(),
+                Api::all(c()),
+                all.clone(),
+                CRD,
+                strip_cr,
+                d(),
+            ),
             pools: Reflected::spawn(
                 "inferencepools".into(),
                 Api::all(c()),
                 all,
-                Options { optional: true, spec_only: true },
+                Options {
+                    optional: true,
+                    spec_only: true,
+                },
                 strip_cr,
                 d(),
             ),
@@ -152,17 +209,32 @@ impl Watchers {
             if labels.is_empty() {
                 continue;
             }
-            let selector = labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
-            wanted.insert(ObjectKey::new(pool.namespace().unwrap_or_default(), pool.name_any()), selector);
+            let selector = labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            wanted.insert(
+                ObjectKey::new(pool.namespace().unwrap_or_default(), pool.name_any()),
+                selector,
+            );
         }
-        self.members.retain(|key, (selector, _)| wanted.get(key) == Some(selector));
+        self.members
+            .retain(|key, (selector, _)| wanted.get(key) == Some(selector));
         for (key, selector) in wanted {
             if self.members.contains_key(&key) {
                 continue;
             }
             let api = Api::namespaced(self.client.clone(), &key.namespace);
             let config = watcher::Config::default().labels(&selector);
-            let r = Reflected::spawn(format!("pods of pool {key}"), api, config, REQUIRED, strip_pod, Arc::clone(&self.dirty));
+            let r = Reflected::spawn(
+                format!("pods of pool {key}"),
+                api,
+                config,
+                REQUIRED,
+                strip_pod,
+                Arc::clone(&self.dirty),
+            );
             self.members.insert(key, (selector, r));
         }
     }
@@ -170,17 +242,29 @@ impl Watchers {
     fn assemble(&self) -> Inputs {
         let mut inputs = Inputs::default();
         for p in self.policies.store.state() {
-            inputs.policies.insert(p.name_any(), named(&*p, p.spec.clone()));
+            inputs
+                .policies
+                .insert(p.name_any(), named(&*p, p.spec.clone()));
         }
         for b in self.budgets.store.state() {
-            inputs.budgets.insert(b.name_any(), named(&*b, b.spec.clone()));
+            inputs
+                .budgets
+                .insert(b.name_any(), named(&*b, b.spec.clone()));
         }
         for x in self.providers.store.state() {
-            inputs.providers.insert(x.name_any(), named(&*x, x.spec.clone()));
+            inputs
+                .providers
+                .insert(x.name_any(), named(&*x, x.spec.clone()));
         }
         for pool in self.pools.store.state() {
             let key = key(&*pool);
-            inputs.pools.insert(key.clone(), Named { name: key.to_string(), ..named(&*pool, pool.spec.clone()) });
+            inputs.pools.insert(
+                key.clone(),
+                Named {
+                    name: key.to_string(),
+                    ..named(&*pool, pool.spec.clone())
+                },
+            );
         }
         for pod in self.local_pods.store.state() {
             if let Some(info) = PodInfo::from_pod(&pod) {
@@ -188,11 +272,18 @@ impl Watchers {
             }
         }
         for (key, (_, r)) in &self.members {
-            let pods = r.store.state().iter().filter_map(|p| PodInfo::from_pod(p)).collect();
+            let pods = r
+                .store
+                .state()
+                .iter()
+                .filter_map(|p| PodInfo::from_pod(p))
+                .collect();
             inputs.pool_members.insert(key.clone(), pods);
         }
         for s in self.services.store.state() {
-            inputs.services.insert(key(&*s), ServiceInfo::from_service(&s));
+            inputs
+                .services
+                .insert(key(&*s), ServiceInfo::from_service(&s));
         }
         for s in self.slices.store.state() {
             if let Some(slice) = SliceInfo::from_slice(&s) {
@@ -200,7 +291,9 @@ impl Watchers {
             }
         }
         for ns in self.namespaces.store.state() {
-            inputs.namespaces.insert(ns.name_any(), namespace_labels(&ns));
+            inputs
+                .namespaces
+                .insert(ns.name_any(), namespace_labels(&ns));
         }
         for r in &self.secrets {
             for s in r.store.state() {

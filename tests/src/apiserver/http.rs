@@ -3,9 +3,9 @@
 
 use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
+use ::http::{Method, Request, Response, StatusCode};
 use bytes::Bytes;
 use futures::StreamExt as _;
-use ::http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
@@ -27,7 +27,10 @@ struct Target {
     status: bool,
 }
 
-pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let query = parse_query(req.uri().query().unwrap_or(""));
@@ -43,10 +46,18 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respo
         Err(e) => return Ok(status(400, "BadRequest", &format!("reading body: {e}"))),
     };
     let Some(target) = route(&path) else {
-        return Ok(status(404, "NotFound", &format!("the server could not find the requested resource ({path})")));
+        return Ok(status(
+            404,
+            "NotFound",
+            &format!("the server could not find the requested resource ({path})"),
+        ));
     };
     if shared.is_missing(target.resource.plural) {
-        return Ok(status(404, "NotFound", "the server could not find the requested resource"));
+        return Ok(status(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        ));
     }
     let result = match (&method, target.name.is_some()) {
         (&Method::GET, false) if flag(&query, "watch") => return Ok(watch(shared, target, &query)),
@@ -56,7 +67,11 @@ pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respo
         (&Method::PUT, true) => write(&shared, &target, &body, false),
         (&Method::PATCH, true) => patch(&shared, &target, &body, &content_type, &query),
         (&Method::DELETE, true) => delete(&shared, &target),
-        _ => Err((405, "MethodNotAllowed", format!("{method} is not supported here"))),
+        _ => Err((
+            405,
+            "MethodNotAllowed",
+            format!("{method} is not supported here"),
+        )),
     };
     Ok(match result {
         Ok(v) => json_response(200, &v),
@@ -87,7 +102,12 @@ fn route(path: &str) -> Option<Target> {
     if namespace.is_some() && !resource.namespaced {
         return None;
     }
-    Some(Target { resource, namespace, name, status })
+    Some(Target {
+        resource,
+        namespace,
+        name,
+        status,
+    })
 }
 
 type Outcome = Result<Value, (u16, &'static str, String)>;
@@ -97,7 +117,11 @@ fn list(shared: &Shared, t: &Target, q: &HashMap<String, String>) -> Outcome {
     let store = shared.store();
     let (rv, start_after) = match q.get("continue") {
         Some(token) => {
-            let (rv, key) = decode_continue(token).ok_or((400, "BadRequest", "invalid continue token".into()))?;
+            let (rv, key) = decode_continue(token).ok_or((
+                400,
+                "BadRequest",
+                "invalid continue token".into(),
+            ))?;
             if rv < store.compacted {
                 return Err((410, "Expired", "The provided continue parameter is too old to display a consistent list result.".into()));
             }
@@ -105,11 +129,18 @@ fn list(shared: &Shared, t: &Target, q: &HashMap<String, String>) -> Outcome {
         }
         None => (list_rv(&store, q)?, None),
     };
-    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
     let mut items: Vec<(super::store::ObjectKey, Value)> = store
         .list_at(t.resource, rv)
         .into_iter()
-        .filter(|(k, v)| t.namespace.as_ref().is_none_or(|ns| *ns == k.0) && labels.matches(v) && fields.matches(v))
+        .filter(|(k, v)| {
+            t.namespace.as_ref().is_none_or(|ns| *ns == k.0)
+                && labels.matches(v)
+                && fields.matches(v)
+        })
         .filter(|(k, _)| start_after.as_ref().is_none_or(|after| k > after))
         .collect();
     let mut meta = json!({"resourceVersion": rv.to_string()});
@@ -138,30 +169,57 @@ fn list(shared: &Shared, t: &Target, q: &HashMap<String, String>) -> Outcome {
 
 /// The revision a list is served at: `resourceVersion` unset or "0" (any) is the latest;
 /// `resourceVersionMatch=Exact` must still be in history; `NotOlderThan` gets the latest.
-fn list_rv(store: &super::store::Store, q: &HashMap<String, String>) -> Result<u64, (u16, &'static str, String)> {
+fn list_rv(
+    store: &super::store::Store,
+    q: &HashMap<String, String>,
+) -> Result<u64, (u16, &'static str, String)> {
     let requested = q.get("resourceVersion").filter(|v| !v.is_empty());
-    let Some(requested) = requested else { return Ok(store.rv) };
-    let rv: u64 = requested.parse().map_err(|_| (400, "BadRequest", format!("invalid resourceVersion {requested:?}")))?;
+    let Some(requested) = requested else {
+        return Ok(store.rv);
+    };
+    let rv: u64 = requested.parse().map_err(|_| {
+        (
+            400,
+            "BadRequest",
+            format!("invalid resourceVersion {requested:?}"),
+        )
+    })?;
     match q.get("resourceVersionMatch").map(String::as_str) {
-        Some("Exact") if rv < store.compacted => Err((410, "Expired", format!("too old resource version: {rv} ({})", store.compacted))),
-        Some("Exact") if rv > store.rv => Err((504, "Timeout", format!("Too large resource version: {rv}, current: {}", store.rv))),
+        Some("Exact") if rv < store.compacted => Err((
+            410,
+            "Expired",
+            format!("too old resource version: {rv} ({})", store.compacted),
+        )),
+        Some("Exact") if rv > store.rv => Err((
+            504,
+            "Timeout",
+            format!("Too large resource version: {rv}, current: {}", store.rv),
+        )),
         Some("Exact") => Ok(rv),
         Some("NotOlderThan") | None => Ok(store.rv),
-        Some(other) => Err((400, "BadRequest", format!("unsupported resourceVersionMatch {other:?}"))),
+        Some(other) => Err((
+            400,
+            "BadRequest",
+            format!("unsupported resourceVersionMatch {other:?}"),
+        )),
     }
 }
 
 fn get(shared: &Shared, t: &Target) -> Outcome {
-    let key = (t.namespace.clone().unwrap_or_default(), t.name.clone().unwrap_or_default());
-    shared
-        .store()
-        .get(t.resource, &key)
-        .cloned()
-        .ok_or((404, "NotFound", format!("{} \"{}\" not found", t.resource.plural, key.1)))
+    let key = (
+        t.namespace.clone().unwrap_or_default(),
+        t.name.clone().unwrap_or_default(),
+    );
+    shared.store().get(t.resource, &key).cloned().ok_or((
+        404,
+        "NotFound",
+        format!("{} \"{}\" not found", t.resource.plural, key.1),
+    ))
 }
 
 fn write(shared: &Shared, t: &Target, body: &[u8], create: bool) -> Outcome {
-    let mut obj: Value = serde_json::from_slice(body).map_err(|e| (400, "BadRequest", e.to_string()))?;
+    let mut obj: Value =
+        serde_json::from_slice(body).map_err(|e| (400, "BadRequest", e.to_string()))?;
     if let Some(ns) = &t.namespace {
         obj["metadata"]["namespace"] = json!(ns);
     }
@@ -173,15 +231,29 @@ fn write(shared: &Shared, t: &Target, body: &[u8], create: bool) -> Outcome {
     out
 }
 
-fn patch(shared: &Shared, t: &Target, body: &[u8], content_type: &str, q: &HashMap<String, String>) -> Outcome {
-    let patch: Value = serde_json::from_slice(body).map_err(|e| (400, "BadRequest", format!("patch body: {e}")))?;
-    let key = (t.namespace.clone().unwrap_or_default(), t.name.clone().unwrap_or_default());
+fn patch(
+    shared: &Shared,
+    t: &Target,
+    body: &[u8],
+    content_type: &str,
+    q: &HashMap<String, String>,
+) -> Outcome {
+    let patch: Value = serde_json::from_slice(body)
+        .map_err(|e| (400, "BadRequest", format!("patch body: {e}")))?;
+    let key = (
+        t.namespace.clone().unwrap_or_default(),
+        t.name.clone().unwrap_or_default(),
+    );
     let out = if content_type.starts_with("application/apply-patch") {
-        let manager = q
-            .get("fieldManager")
-            .ok_or((400, "BadRequest", "fieldManager is required for apply patch".into()))?;
+        let manager = q.get("fieldManager").ok_or((
+            400,
+            "BadRequest",
+            "fieldManager is required for apply patch".into(),
+        ))?;
         if t.status {
-            shared.store().apply_status(t.resource, &key, manager, &patch)
+            shared
+                .store()
+                .apply_status(t.resource, &key, manager, &patch)
         } else {
             let current = shared.store().get(t.resource, &key).cloned();
             let mut obj = current.unwrap_or_else(|| json!({}));
@@ -193,14 +265,21 @@ fn patch(shared: &Shared, t: &Target, body: &[u8], content_type: &str, q: &HashM
         merge(&mut obj, &patch);
         shared.store().put(t.resource, obj, false)
     } else {
-        Err((415, "UnsupportedMediaType", format!("patch type {content_type:?} is not supported")))
+        Err((
+            415,
+            "UnsupportedMediaType",
+            format!("patch type {content_type:?} is not supported"),
+        ))
     };
     shared.notify();
     out
 }
 
 fn delete(shared: &Shared, t: &Target) -> Outcome {
-    let key = (t.namespace.clone().unwrap_or_default(), t.name.clone().unwrap_or_default());
+    let key = (
+        t.namespace.clone().unwrap_or_default(),
+        t.name.clone().unwrap_or_default(),
+    );
     let out = shared.store().delete(t.resource, &key);
     shared.notify();
     out
@@ -222,10 +301,17 @@ pub fn merge(target: &mut Value, patch: &Value) {
     }
 }
 
-fn selectors(t: &Target, q: &HashMap<String, String>) -> Result<(LabelSelector, FieldSelector), (u16, &'static str, String)> {
-    let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str)).map_err(|e| (400, "BadRequest", e))?;
-    let fields = FieldSelector::parse(t.resource.kind, q.get("fieldSelector").map_or("", String::as_str))
+fn selectors(
+    t: &Target,
+    q: &HashMap<String, String>,
+) -> Result<(LabelSelector, FieldSelector), (u16, &'static str, String)> {
+    let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))
         .map_err(|e| (400, "BadRequest", e))?;
+    let fields = FieldSelector::parse(
+        t.resource.kind,
+        q.get("fieldSelector").map_or("", String::as_str),
+    )
+    .map_err(|e| (400, "BadRequest", e))?;
     Ok((labels, fields))
 }
 
@@ -235,9 +321,16 @@ fn watch(shared: Arc<Shared>, t: Target, q: &HashMap<String, String>) -> Respons
         Err((c, r, m)) => return status(c, r, &m),
     };
     let bookmarks = flag(q, "allowWatchBookmarks");
-    let requested = q.get("resourceVersion").and_then(|v| v.parse::<u64>().ok()).filter(|v| *v > 0);
+    let requested = q
+        .get("resourceVersion")
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|v| *v > 0);
     if q.contains_key("sendInitialEvents") {
-        return status(400, "BadRequest", "sendInitialEvents is not supported by this server");
+        return status(
+            400,
+            "BadRequest",
+            "sendInitialEvents is not supported by this server",
+        );
     }
     let mut timeout = q
         .get("timeoutSeconds")
@@ -248,15 +341,25 @@ fn watch(shared: Arc<Shared>, t: Target, q: &HashMap<String, String>) -> Respons
         timeout = timeout.min(max);
     }
     let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let watcher = Watcher { shared: Arc::clone(&shared), t, labels, fields, tx };
+    let watcher = Watcher {
+        shared: Arc::clone(&shared),
+        t,
+        labels,
+        fields,
+        tx,
+    };
     tokio::spawn(watcher.run(requested, bookmarks, knobs.bookmark_interval, timeout));
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
     });
     Response::builder()
         .status(200)
         .header("content-type", "application/json")
-        .body(http_body_util::BodyExt::boxed_unsync(StreamBody::new(stream.boxed())))
+        .body(http_body_util::BodyExt::boxed_unsync(StreamBody::new(
+            stream.boxed(),
+        )))
         .unwrap_or_else(|_| status(500, "InternalError", "building response"))
 }
 
@@ -271,7 +374,9 @@ struct Watcher {
 impl Watcher {
     fn matches(&self, v: Option<&Value>, key_ns: &str) -> bool {
         v.is_some_and(|v| {
-            self.t.namespace.as_ref().is_none_or(|ns| ns == key_ns) && self.labels.matches(v) && self.fields.matches(v)
+            self.t.namespace.as_ref().is_none_or(|ns| ns == key_ns)
+                && self.labels.matches(v)
+                && self.fields.matches(v)
         })
     }
 
@@ -299,7 +404,13 @@ impl Watcher {
         self.tx.send(Bytes::from(line)).await.is_ok()
     }
 
-    async fn run(self, requested: Option<u64>, bookmarks: bool, bookmark_every: Duration, timeout: Duration) {
+    async fn run(
+        self,
+        requested: Option<u64>,
+        bookmarks: bool,
+        bookmark_every: Duration,
+        timeout: Duration,
+    ) {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut changed = self.shared.subscribe();
         let mut closed = self.shared.watches_closed();
@@ -312,7 +423,9 @@ impl Watcher {
                     (s.rv, s.list_at(self.t.resource, s.rv))
                 };
                 for (k, v) in items {
-                    if self.matches(Some(&v), &k.0) && !self.send(&json!({"type": "ADDED", "object": v})).await {
+                    if self.matches(Some(&v), &k.0)
+                        && !self.send(&json!({"type": "ADDED", "object": v})).await
+                    {
                         return;
                     }
                 }
@@ -328,7 +441,9 @@ impl Watcher {
                 let events: Vec<Value> = if expired {
                     Vec::new()
                 } else {
-                    s.changes_since(self.t.resource, last).filter_map(|c| self.event(c)).collect()
+                    s.changes_since(self.t.resource, last)
+                        .filter_map(|c| self.event(c))
+                        .collect()
                 };
                 (events, expired.then_some(s.compacted), s.rv)
             };
@@ -384,7 +499,11 @@ fn encode_continue(rv: u64, key: &(String, String)) -> String {
 fn decode_continue(token: &str) -> Option<(u64, (String, String))> {
     let bytes: Option<Vec<u8>> = (0..token.len())
         .step_by(2)
-        .map(|i| token.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .map(|i| {
+            token
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
         .collect();
     let raw = String::from_utf8(bytes?).ok()?;
     let mut parts = raw.splitn(3, '|');
@@ -410,7 +529,10 @@ fn decode(s: &str) -> String {
         match bytes[i] {
             b'+' => out.push(b' '),
             b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
                     Some(b) => {
                         out.push(b);
                         i += 2;

@@ -26,8 +26,13 @@ fn selectable(kind: &str, field: &str) -> bool {
         || (kind == "Pod"
             && matches!(
                 field,
-                "spec.nodeName" | "spec.restartPolicy" | "spec.schedulerName" | "spec.serviceAccountName"
-                    | "status.phase" | "status.podIP" | "status.nominatedNodeName"
+                "spec.nodeName"
+                    | "spec.restartPolicy"
+                    | "spec.schedulerName"
+                    | "spec.serviceAccountName"
+                    | "status.phase"
+                    | "status.podIP"
+                    | "status.nominatedNodeName"
             ))
         || (kind == "Secret" && field == "type")
 }
@@ -52,7 +57,10 @@ impl LabelSelector {
                 Requirement::NotIn(k.trim().to_owned(), set(rest)?)
             } else if let Some((k, rest)) = term.split_once(" in ") {
                 Requirement::In(k.trim().to_owned(), set(rest)?)
-            } else if term.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
+            } else if term
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c))
+            {
                 Requirement::Exists(term.to_owned())
             } else {
                 return Err(format!("unable to parse requirement: {term:?}"));
@@ -151,7 +159,11 @@ mod tests {
             ("!app", false),
             ("", true),
         ] {
-            assert_eq!(LabelSelector::parse(sel).unwrap().matches(&pod), want, "{sel}");
+            assert_eq!(
+                LabelSelector::parse(sel).unwrap().matches(&pod),
+                want,
+                "{sel}"
+            );
         }
         assert!(LabelSelector::parse("app ~ x").is_err());
     }
@@ -159,9 +171,21 @@ mod tests {
     #[test]
     fn field_selectors_only_on_supported_fields() {
         let pod = json!({"metadata": {"name": "a"}, "spec": {"nodeName": "node-a"}});
-        assert!(FieldSelector::parse("Pod", "spec.nodeName=node-a").unwrap().matches(&pod));
-        assert!(!FieldSelector::parse("Pod", "spec.nodeName=node-b").unwrap().matches(&pod));
-        assert!(FieldSelector::parse("Pod", "spec.nodeName!=node-b").unwrap().matches(&pod));
+        assert!(
+            FieldSelector::parse("Pod", "spec.nodeName=node-a")
+                .unwrap()
+                .matches(&pod)
+        );
+        assert!(
+            !FieldSelector::parse("Pod", "spec.nodeName=node-b")
+                .unwrap()
+                .matches(&pod)
+        );
+        assert!(
+            FieldSelector::parse("Pod", "spec.nodeName!=node-b")
+                .unwrap()
+                .matches(&pod)
+        );
         assert!(FieldSelector::parse("Service", "spec.nodeName=x").is_err());
         assert!(FieldSelector::parse("Pod", "spec.containers=x").is_err());
     }

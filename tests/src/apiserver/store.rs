@@ -20,15 +20,78 @@ pub struct ResourceType {
 
 /// Every type the agent watches.
 pub const TYPES: &[ResourceType] = &[
-    ResourceType { group: "", version: "v1", plural: "pods", kind: "Pod", namespaced: true, status: true },
-    ResourceType { group: "", version: "v1", plural: "services", kind: "Service", namespaced: true, status: true },
-    ResourceType { group: "", version: "v1", plural: "namespaces", kind: "Namespace", namespaced: false, status: true },
-    ResourceType { group: "", version: "v1", plural: "secrets", kind: "Secret", namespaced: true, status: false },
-    ResourceType { group: "discovery.k8s.io", version: "v1", plural: "endpointslices", kind: "EndpointSlice", namespaced: true, status: false },
-    ResourceType { group: "sluice.dev", version: "v1alpha1", plural: "trafficpolicies", kind: "TrafficPolicy", namespaced: false, status: true },
-    ResourceType { group: "sluice.dev", version: "v1alpha1", plural: "tokenbudgets", kind: "TokenBudget", namespaced: false, status: true },
-    ResourceType { group: "sluice.dev", version: "v1alpha1", plural: "externalproviders", kind: "ExternalProvider", namespaced: false, status: true },
-    ResourceType { group: "inference.networking.k8s.io", version: "v1", plural: "inferencepools", kind: "InferencePool", namespaced: true, status: true },
+    ResourceType {
+        group: "",
+        version: "v1",
+        plural: "pods",
+        kind: "Pod",
+        namespaced: true,
+        status: true,
+    },
+    ResourceType {
+        group: "",
+        version: "v1",
+        plural: "services",
+        kind: "Service",
+        namespaced: true,
+        status: true,
+    },
+    ResourceType {
+        group: "",
+        version: "v1",
+        plural: "namespaces",
+        kind: "Namespace",
+        namespaced: false,
+        status: true,
+    },
+    ResourceType {
+        group: "",
+        version: "v1",
+        plural: "secrets",
+        kind: "Secret",
+        namespaced: true,
+        status: false,
+    },
+    ResourceType {
+        group: "discovery.k8s.io",
+        version: "v1",
+        plural: "endpointslices",
+        kind: "EndpointSlice",
+        namespaced: true,
+        status: false,
+    },
+    ResourceType {
+        group: "sluice.dev",
+        version: "v1alpha1",
+        plural: "trafficpolicies",
+        kind: "TrafficPolicy",
+        namespaced: false,
+        status: true,
+    },
+    ResourceType {
+        group: "sluice.dev",
+        version: "v1alpha1",
+        plural: "tokenbudgets",
+        kind: "TokenBudget",
+        namespaced: false,
+        status: true,
+    },
+    ResourceType {
+        group: "sluice.dev",
+        version: "v1alpha1",
+        plural: "externalproviders",
+        kind: "ExternalProvider",
+        namespaced: false,
+        status: true,
+    },
+    ResourceType {
+        group: "inference.networking.k8s.io",
+        version: "v1",
+        plural: "inferencepools",
+        kind: "InferencePool",
+        namespaced: true,
+        status: true,
+    },
 ];
 
 /// `namespace/name` (namespace empty for cluster-scoped objects).
@@ -74,10 +137,20 @@ impl Store {
     /// Objects of `t` as they were at `rv` (≥ `compacted`), in key order.
     pub fn list_at(&self, t: ResourceType, rv: u64) -> Vec<(ObjectKey, Value)> {
         if rv >= self.rv {
-            return self.objects.get(&t).into_iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
+            return self
+                .objects
+                .get(&t)
+                .into_iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
         }
         let mut state = self.base.get(&t).cloned().unwrap_or_default();
-        for c in self.history.iter().filter(|c| c.resource == t && c.rv <= rv) {
+        for c in self
+            .history
+            .iter()
+            .filter(|c| c.resource == t && c.rv <= rv)
+        {
             match &c.after {
                 Some(v) => state.insert(c.key.clone(), v.clone()),
                 None => state.remove(&c.key),
@@ -88,7 +161,9 @@ impl Store {
 
     /// Changes of `t` after `rv`.
     pub fn changes_since(&self, t: ResourceType, rv: u64) -> impl Iterator<Item = &Change> {
-        self.history.iter().filter(move |c| c.resource == t && c.rv > rv)
+        self.history
+            .iter()
+            .filter(move |c| c.resource == t && c.rv > rv)
     }
 
     /// Forgets history: versions before now answer 410 Gone.
@@ -100,14 +175,26 @@ impl Store {
 
     /// Creates or replaces `obj` (the main resource; its `status` is kept as stored unless
     /// the type has no status subresource or the object is new).
-    pub fn put(&mut self, t: ResourceType, mut obj: Value, create_only: bool) -> Result<Value, WriteError> {
+    pub fn put(
+        &mut self,
+        t: ResourceType,
+        mut obj: Value,
+        create_only: bool,
+    ) -> Result<Value, WriteError> {
         let key = object_key(t, &obj)?;
         let before = self.get(t, &key).cloned();
         if create_only && before.is_some() {
-            return Err((409, "AlreadyExists", format!("{} {:?} already exists", t.plural, key.1)));
+            return Err((
+                409,
+                "AlreadyExists",
+                format!("{} {:?} already exists", t.plural, key.1),
+            ));
         }
         self.rv += 1;
-        let meta = obj.as_object_mut().and_then(|o| o.get_mut("metadata")).and_then(Value::as_object_mut);
+        let meta = obj
+            .as_object_mut()
+            .and_then(|o| o.get_mut("metadata"))
+            .and_then(Value::as_object_mut);
         let Some(meta) = meta else {
             return Err((400, "BadRequest", "metadata is required".into()));
         };
@@ -132,7 +219,10 @@ impl Store {
                 }
                 let spec_changed = strip_for_generation(prev) != strip_for_generation(&obj);
                 if spec_changed {
-                    let g = prev.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
+                    let g = prev
+                        .pointer("/metadata/generation")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(1);
                     set(&mut obj, "/metadata/generation", json!(g + 1));
                 }
                 if t.status {
@@ -143,16 +233,30 @@ impl Store {
                 }
             }
         }
-        set(&mut obj, "/metadata/resourceVersion", json!(self.rv.to_string()));
+        set(
+            &mut obj,
+            "/metadata/resourceVersion",
+            json!(self.rv.to_string()),
+        );
         self.record(t, key, before, Some(obj.clone()));
         Ok(obj)
     }
 
     /// Server-side apply of `status` by `manager`: list-maps keyed by `node` or `type` are
     /// merged per key; entries the manager applied before and left out now are removed.
-    pub fn apply_status(&mut self, t: ResourceType, key: &ObjectKey, manager: &str, patch: &Value) -> Result<Value, WriteError> {
+    pub fn apply_status(
+        &mut self,
+        t: ResourceType,
+        key: &ObjectKey,
+        manager: &str,
+        patch: &Value,
+    ) -> Result<Value, WriteError> {
         let Some(before) = self.get(t, key).cloned() else {
-            return Err((404, "NotFound", format!("{} {:?} not found", t.plural, key.1)));
+            return Err((
+                404,
+                "NotFound",
+                format!("{} {:?} not found", t.plural, key.1),
+            ));
         };
         let mut obj = before.clone();
         let mut status = obj.get("status").cloned().unwrap_or_else(|| json!({}));
@@ -160,7 +264,12 @@ impl Store {
             for (field, value) in applied {
                 match (value.as_array(), list_map_key(field)) {
                     (Some(items), Some(map_key)) => {
-                        let owned_key = (t, key.clone(), format!("status.{field}"), manager.to_owned());
+                        let owned_key = (
+                            t,
+                            key.clone(),
+                            format!("status.{field}"),
+                            manager.to_owned(),
+                        );
                         self.merge_list_map(&mut status, field, items, map_key, owned_key);
                     }
                     _ => {
@@ -171,8 +280,16 @@ impl Store {
         }
         obj["status"] = status;
         self.rv += 1;
-        set(&mut obj, "/metadata/resourceVersion", json!(self.rv.to_string()));
-        set(&mut obj, "/metadata/managedFields", managed_fields(&before, manager));
+        set(
+            &mut obj,
+            "/metadata/resourceVersion",
+            json!(self.rv.to_string()),
+        );
+        set(
+            &mut obj,
+            "/metadata/managedFields",
+            managed_fields(&before, manager),
+        );
         self.record(t, key.clone(), Some(before), Some(obj.clone()));
         Ok(obj)
     }
@@ -185,13 +302,25 @@ impl Store {
         map_key: &'static str,
         (t, key, path, manager): (ResourceType, ObjectKey, String, String),
     ) {
-        let id = |v: &Value| v.get(map_key).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let id = |v: &Value| {
+            v.get(map_key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
         let applied: Vec<String> = items.iter().map(id).collect();
-        let previously = self.owned.insert((t, key, format!("{path}/{manager}")), applied.clone()).unwrap_or_default();
-        let mut list: Vec<Value> = status.get(field).and_then(Value::as_array).cloned().unwrap_or_default();
+        let previously = self
+            .owned
+            .insert((t, key, format!("{path}/{manager}")), applied.clone())
+            .unwrap_or_default();
+        let mut list: Vec<Value> = status
+            .get(field)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         list.retain(|e| {
             let k = id(e);
-            !(previously.contains(&k) && !applied.contains(&k))
+            !previously.contains(&k) || applied.contains(&k)
         });
         for item in items {
             match list.iter_mut().find(|e| id(e) == id(item)) {
@@ -204,32 +333,58 @@ impl Store {
 
     pub fn delete(&mut self, t: ResourceType, key: &ObjectKey) -> Result<Value, WriteError> {
         let Some(before) = self.get(t, key).cloned() else {
-            return Err((404, "NotFound", format!("{} {:?} not found", t.plural, key.1)));
+            return Err((
+                404,
+                "NotFound",
+                format!("{} {:?} not found", t.plural, key.1),
+            ));
         };
         self.rv += 1;
         let mut gone = before.clone();
-        set(&mut gone, "/metadata/resourceVersion", json!(self.rv.to_string()));
+        set(
+            &mut gone,
+            "/metadata/resourceVersion",
+            json!(self.rv.to_string()),
+        );
         self.record(t, key.clone(), Some(before), None);
         Ok(gone)
     }
 
-    fn record(&mut self, t: ResourceType, key: ObjectKey, before: Option<Value>, after: Option<Value>) {
+    fn record(
+        &mut self,
+        t: ResourceType,
+        key: ObjectKey,
+        before: Option<Value>,
+        after: Option<Value>,
+    ) {
         let objects = self.objects.entry(t).or_default();
         match &after {
             Some(v) => objects.insert(key.clone(), v.clone()),
             None => objects.remove(&key),
         };
-        self.history.push(Change { rv: self.rv, resource: t, key, before, after });
+        self.history.push(Change {
+            rv: self.rv,
+            resource: t,
+            key,
+            before,
+            after,
+        });
     }
 }
 
 fn object_key(t: ResourceType, obj: &Value) -> Result<ObjectKey, WriteError> {
-    let name = obj.pointer("/metadata/name").and_then(Value::as_str).filter(|n| !n.is_empty());
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty());
     let Some(name) = name else {
         return Err((422, "Invalid", "metadata.name: Required value".into()));
     };
     let ns = if t.namespaced {
-        obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_owned()
+        obj.pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("default")
+            .to_owned()
     } else {
         String::new()
     };
@@ -282,7 +437,9 @@ fn set(obj: &mut Value, pointer: &str, value: Value) {
         if !cur.is_object() {
             *cur = json!({});
         }
-        let Some(map) = cur.as_object_mut() else { return };
+        let Some(map) = cur.as_object_mut() else {
+            return;
+        };
         if i + 1 == parts.len() {
             map.insert((*p).to_owned(), value);
             return;

@@ -78,7 +78,11 @@ async fn start_agent(server: &FakeApiServer, args: &SourceArgs) -> Agent {
     let running = source::start_with_client(args, Vec::new(), server.client(), None);
     let rules = MemoryMap::default();
     let locality = MemoryLocality::default();
-    let reconciler = tokio::spawn(reconcile::run(running.store.clone(), rules.clone(), locality.clone()));
+    let reconciler = tokio::spawn(reconcile::run(
+        running.store.clone(),
+        rules.clone(),
+        locality.clone(),
+    ));
     tokio::time::timeout(Duration::from_secs(10), running.store.wait_complete())
         .await
         .expect("the cluster source syncs within 10s");
@@ -91,7 +95,10 @@ async fn start_agent(server: &FakeApiServer, args: &SourceArgs) -> Agent {
 }
 
 /// Polls `check` every 20 ms until it holds or `within` passes; returns whether it held.
-async fn eventually<F: Future<Output = bool>>(within: Duration, mut check: impl FnMut() -> F) -> bool {
+async fn eventually<F: Future<Output = bool>>(
+    within: Duration,
+    mut check: impl FnMut() -> F,
+) -> bool {
     let deadline = Instant::now() + within;
     loop {
         if check().await {
@@ -143,7 +150,13 @@ fn policy(name: &str, spec: Value) -> Value {
 
 fn host(ip: &str, port: u16) -> Dest {
     let addr: IpAddr = ip.parse().unwrap();
-    Dest::new(Cidr { addr, prefix_len: if addr.is_ipv4() { 32 } else { 128 } }, port)
+    Dest::new(
+        Cidr {
+            addr,
+            prefix_len: if addr.is_ipv4() { 32 } else { 128 },
+        },
+        port,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,34 +175,65 @@ async fn a_pod_on_this_node_appears_in_identity_and_locality_within_a_second() {
     let identity = agent.running.identity.clone();
     let named = eventually(Duration::from_secs(1), || {
         let id = identity.identify(here_cgroup);
-        async move { id.pod.is_some_and(|p| p.name == "here" && p.namespace == "ml" && p.service_account == "vllm") }
+        async move {
+            id.pod.is_some_and(|p| {
+                p.name == "here" && p.namespace == "ml" && p.service_account == "vllm"
+            })
+        }
     })
     .await;
     assert!(named, "the local pod was not identified within 1s");
     let local: IpAddr = "198.18.0.10".parse().unwrap();
     let in_locality = eventually(Duration::from_secs(1), || {
         let map = agent.locality.snapshot();
-        async move { map.get(&local).is_some_and(|e| e.gpus == 2 && e.flags == LOCALITY_POOL_MEMBER | LOCALITY_READY) }
+        async move {
+            map.get(&local)
+                .is_some_and(|e| e.gpus == 2 && e.flags == LOCALITY_POOL_MEMBER | LOCALITY_READY)
+        }
     })
     .await;
     assert!(in_locality, "locality: {:?}", agent.locality.snapshot());
-    eprintln!("pod visible in identity and locality after {:?}", applied.elapsed());
+    eprintln!(
+        "pod visible in identity and locality after {:?}",
+        applied.elapsed()
+    );
 
     // The other node's pod: a pool endpoint (routing needs it), never local.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let snap = agent.running.store.load();
-    assert!(identity.identify(there_cgroup).pod.is_none(), "a pod on another node was identified");
-    assert_eq!(agent.locality.snapshot().len(), 1, "locality: {:?}", agent.locality.snapshot());
-    assert!(!snap.pods_by_ip.contains_key(&"198.18.1.10".parse().unwrap()));
+    assert!(
+        identity.identify(there_cgroup).pod.is_none(),
+        "a pod on another node was identified"
+    );
+    assert_eq!(
+        agent.locality.snapshot().len(),
+        1,
+        "locality: {:?}",
+        agent.locality.snapshot()
+    );
+    assert!(
+        !snap
+            .pods_by_ip
+            .contains_key(&"198.18.1.10".parse().unwrap())
+    );
     let pool = &snap.pools[&sluice::kube::inputs::ObjectKey::new("ml", "llama")];
-    let mut endpoints: Vec<_> = pool.endpoints.iter().map(|e| (e.addr.to_string(), e.local)).collect();
+    let mut endpoints: Vec<_> = pool
+        .endpoints
+        .iter()
+        .map(|e| (e.addr.to_string(), e.local))
+        .collect();
     endpoints.sort();
-    assert_eq!(endpoints, [("198.18.0.10:8000".to_owned(), true), ("198.18.1.10:8000".to_owned(), false)]);
+    assert_eq!(
+        endpoints,
+        [
+            ("198.18.0.10:8000".to_owned(), true),
+            ("198.18.1.10:8000".to_owned(), false)
+        ]
+    );
 
-    let local_list = server
-        .requests()
-        .into_iter()
-        .any(|r| r.path == "/api/v1/pods" && r.query.contains("fieldSelector=spec.nodeName%3Dnode-a"));
+    let local_list = server.requests().into_iter().any(|r| {
+        r.path == "/api/v1/pods" && r.query.contains("fieldSelector=spec.nodeName%3Dnode-a")
+    });
     assert!(local_list, "pods are listed with the node's field selector");
 
     server.delete("Pod", "ml", "here");
@@ -210,11 +254,13 @@ async fn a_container_started_after_its_pod_is_identified_after_a_miss() {
     let first = cgroups.container(UID_HERE, "first");
     server.apply(pod("here", UID_HERE, "node-a", "198.18.0.10", 0));
     let identity = agent.running.identity.clone();
-    assert!(eventually(Duration::from_secs(1), || {
-        let ok = identity.identify(first).pod.is_some();
-        async move { ok }
-    })
-    .await);
+    assert!(
+        eventually(Duration::from_secs(1), || {
+            let ok = identity.identify(first).pod.is_some();
+            async move { ok }
+        })
+        .await
+    );
     // A second container's cgroup appears without any pod event.
     let late = cgroups.container(UID_HERE, "late");
     let found = eventually(Duration::from_secs(1), || {
@@ -222,7 +268,10 @@ async fn a_container_started_after_its_pod_is_identified_after_a_miss() {
         async move { ok }
     })
     .await;
-    assert!(found, "a lookup miss triggers a rescan that finds the new container");
+    assert!(
+        found,
+        "a lookup miss triggers a rescan that finds the new container"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -237,32 +286,48 @@ async fn a_policy_applied_through_the_api_changes_what_is_intercepted() {
     let rules = agent.rules.clone();
     let installed = eventually(Duration::from_secs(2), || {
         let r = rules.snapshot();
-        async move { r.len() == 1 && r.get(&host("198.19.0.10", 8000)).is_some_and(|a| a.failure_mode == sluice::kube::crds::FailureMode::FailClosed) }
+        async move {
+            r.len() == 1
+                && r.get(&host("198.19.0.10", 8000))
+                    .is_some_and(|a| a.failure_mode == sluice::kube::crds::FailureMode::FailClosed)
+        }
     })
     .await;
     assert!(installed, "rules: {:?}", agent.rules.snapshot());
 
     // The Service moves: the rule follows it.
     server.apply(service("198.19.0.20", 8000));
-    assert!(eventually(Duration::from_secs(2), || {
-        let r = rules.snapshot();
-        async move { r.len() == 1 && r.contains_key(&host("198.19.0.20", 8000)) }
-    })
-    .await, "rules: {:?}", agent.rules.snapshot());
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            let r = rules.snapshot();
+            async move { r.len() == 1 && r.contains_key(&host("198.19.0.20", 8000)) }
+        })
+        .await,
+        "rules: {:?}",
+        agent.rules.snapshot()
+    );
 
     // The policy changes to a port rule, then goes away.
     server.apply(policy("vllm", json!({"targets": {"ports": [11434]}})));
-    assert!(eventually(Duration::from_secs(2), || {
-        let r = rules.snapshot();
-        async move { r.len() == 1 && r.contains_key(&Dest::any(11434)) }
-    })
-    .await, "rules: {:?}", agent.rules.snapshot());
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            let r = rules.snapshot();
+            async move { r.len() == 1 && r.contains_key(&Dest::any(11434)) }
+        })
+        .await,
+        "rules: {:?}",
+        agent.rules.snapshot()
+    );
     server.delete("TrafficPolicy", "", "vllm");
-    assert!(eventually(Duration::from_secs(2), || {
-        let empty = rules.snapshot().is_empty();
-        async move { empty }
-    })
-    .await, "rules: {:?}", agent.rules.snapshot());
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            let empty = rules.snapshot().is_empty();
+            async move { empty }
+        })
+        .await,
+        "rules: {:?}",
+        agent.rules.snapshot()
+    );
 }
 
 fn node_condition(obj: &Value, node: &str, type_: &str) -> Option<(String, String)> {
@@ -274,7 +339,12 @@ fn node_condition(obj: &Value, node: &str, type_: &str) -> Option<(String, Strin
         .as_array()?
         .iter()
         .find(|c| c["type"] == type_)
-        .map(|c| (c["status"].as_str().unwrap_or("").to_owned(), c["message"].as_str().unwrap_or("").to_owned()))
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or("").to_owned(),
+                c["message"].as_str().unwrap_or("").to_owned(),
+            )
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,7 +355,10 @@ async fn each_node_reports_status_without_hot_looping() {
     let b = start_agent(&server, &args("node-b", &cgroups)).await;
     server.apply(policy("good", json!({"targets": {"ports": [8000]}})));
     // Invalid beyond what the (fake) API server checks: CEL would refuse it in a real cluster.
-    server.apply(policy("bad", json!({"targets": {"cidrs": [{"cidr": "198.19.0.1/16", "ports": [8000]}]}})));
+    server.apply(policy(
+        "bad",
+        json!({"targets": {"cidrs": [{"cidr": "198.19.0.1/16", "ports": [8000]}]}}),
+    ));
 
     let reported = eventually(Duration::from_secs(5), || {
         let good = server.get("TrafficPolicy", "", "good").unwrap_or_default();
@@ -293,19 +366,36 @@ async fn each_node_reports_status_without_hot_looping() {
         async move {
             ["node-a", "node-b"].iter().all(|n| {
                 node_condition(&good, n, "Accepted").is_some_and(|(s, _)| s == "True")
-                    && node_condition(&bad, n, "Accepted").is_some_and(|(s, m)| s == "False" && m.contains("spec.targets.cidrs[0].cidr"))
+                    && node_condition(&bad, n, "Accepted").is_some_and(|(s, m)| {
+                        s == "False" && m.contains("spec.targets.cidrs[0].cidr")
+                    })
             })
         }
     })
     .await;
-    assert!(reported, "status: good={:#} bad={:#}", server.get("TrafficPolicy", "", "good").unwrap_or_default(), server.get("TrafficPolicy", "", "bad").unwrap_or_default());
+    assert!(
+        reported,
+        "status: good={:#} bad={:#}",
+        server.get("TrafficPolicy", "", "good").unwrap_or_default(),
+        server.get("TrafficPolicy", "", "bad").unwrap_or_default()
+    );
     assert!(!a.rules.snapshot().is_empty() && !b.rules.snapshot().is_empty());
 
     // Settled: nothing changes, so nothing is written (each write fans out to every watcher).
-    let patches = || server.requests().iter().filter(|r| r.method == "PATCH").count();
+    let patches = || {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH")
+            .count()
+    };
     let before = patches();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(patches(), before, "status writes continued with nothing to report");
+    assert_eq!(
+        patches(),
+        before,
+        "status writes continued with nothing to report"
+    );
     assert_eq!(before, 4, "one write per node per policy");
 }
 
@@ -318,11 +408,13 @@ async fn an_api_server_outage_keeps_the_last_state_and_catches_up_after() {
     server.apply(policy("one", json!({"targets": {"ports": [8000]}})));
     let agent = start_agent(&server, &args("node-a", &cgroups)).await;
     let rules = agent.rules.clone();
-    assert!(eventually(Duration::from_secs(2), || {
-        let ok = rules.snapshot().contains_key(&Dest::any(8000));
-        async move { ok }
-    })
-    .await);
+    assert!(
+        eventually(Duration::from_secs(2), || {
+            let ok = rules.snapshot().contains_key(&Dest::any(8000));
+            async move { ok }
+        })
+        .await
+    );
     let version = agent.running.store.load().version;
 
     server.stop();
@@ -333,9 +425,18 @@ async fn an_api_server_outage_keeps_the_last_state_and_catches_up_after() {
     server.compact();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let snap = agent.running.store.load();
-    assert_eq!(snap.version, version, "nothing is rebuilt while the API server is down");
-    assert!(agent.running.identity.identify(here).pod.is_some(), "identities keep being served");
-    assert!(rules.snapshot().contains_key(&Dest::any(8000)), "rules stay in force");
+    assert_eq!(
+        snap.version, version,
+        "nothing is rebuilt while the API server is down"
+    );
+    assert!(
+        agent.running.identity.identify(here).pod.is_some(),
+        "identities keep being served"
+    );
+    assert!(
+        rules.snapshot().contains_key(&Dest::any(8000)),
+        "rules stay in force"
+    );
 
     server.restart();
     let caught_up = eventually(Duration::from_secs(20), || {
@@ -347,7 +448,12 @@ async fn an_api_server_outage_keeps_the_last_state_and_catches_up_after() {
     let relisted = server
         .requests()
         .iter()
-        .filter(|r| r.path == "/apis/sluice.dev/v1alpha1/trafficpolicies" && !r.query.contains("watch=true"))
+        .filter(|r| {
+            r.path == "/apis/sluice.dev/v1alpha1/trafficpolicies" && !r.query.contains("watch=true")
+        })
         .count();
-    assert!(relisted >= 2, "the watcher relisted after 410 Gone ({relisted} lists)");
+    assert!(
+        relisted >= 2,
+        "the watcher relisted after 410 Gone ({relisted} lists)"
+    );
 }

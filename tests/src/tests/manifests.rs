@@ -29,15 +29,23 @@ fn yaml_files(dir: &str) -> Vec<PathBuf> {
         .unwrap_or_else(|e| panic!("{dir}: {e}"))
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml"))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml")
+        })
         .collect();
     files.sort();
     files
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "{cmd:?} failed:\n{text}");
     text
 }
@@ -51,9 +59,19 @@ fn deploy_and_crds_pass_kubernetes_validate_strict() {
     let out = run(Command::new(venv_bin("kubernetes-validate"))
         .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
         .args(&files));
-    for kind in ["daemonset/sluice", "clusterrole/sluice-agent", "role/sluice-secrets", "serviceaccount/sluice",
-                 "configmap/sluice-agent", "namespace/sluice", "customresourcedefinition/trafficpolicies.sluice.dev"] {
-        assert!(out.contains(&format!("passed for resource {kind}")), "{kind} was not validated:\n{out}");
+    for kind in [
+        "daemonset/sluice",
+        "clusterrole/sluice-agent",
+        "role/sluice-secrets",
+        "serviceaccount/sluice",
+        "configmap/sluice-agent",
+        "namespace/sluice",
+        "customresourcedefinition/trafficpolicies.sluice.dev",
+    ] {
+        assert!(
+            out.contains(&format!("passed for resource {kind}")),
+            "{kind} was not validated:\n{out}"
+        );
     }
     assert!(!out.contains("ERROR"), "{out}");
 }
@@ -61,13 +79,20 @@ fn deploy_and_crds_pass_kubernetes_validate_strict() {
 #[test]
 fn the_daemonset_uses_capabilities_not_privileged() {
     let text = std::fs::read_to_string(repo().join("deploy/daemonset.yaml")).unwrap();
-    let agent = text.split("containers:\n        - name: agent").nth(1).expect("agent container");
+    let agent = text
+        .split("containers:\n        - name: agent")
+        .nth(1)
+        .expect("agent container");
     assert!(agent.contains("privileged: false"));
     for cap in ["BPF", "NET_ADMIN", "SYS_ADMIN", "SYS_RESOURCE"] {
         assert!(agent.contains(cap), "capability {cap}");
     }
     assert!(text.contains("maxSurge: 1") && text.contains("maxUnavailable: 0"));
-    assert_eq!(text.matches("mountPropagation: Bidirectional").count(), 1, "Bidirectional only for the bpffs init step");
+    assert_eq!(
+        text.matches("mountPropagation: Bidirectional").count(),
+        1,
+        "Bidirectional only for the bpffs init step"
+    );
 }
 
 #[test]
@@ -77,19 +102,37 @@ fn examples_match_the_generated_crd_schemas_and_bad_resources_do_not() {
     // The upstream InferencePool CRD is installed from upstream; examples are checked against
     // the schema of our mirror of its types.
     let pool = dir.join("inferencepools.yaml");
-    std::fs::write(&pool, sluice::kube::crds::to_yaml(&sluice::kube::crds::inference_pool_crd()).unwrap()).unwrap();
+    std::fs::write(
+        &pool,
+        sluice::kube::crds::to_yaml(&sluice::kube::crds::inference_pool_crd()).unwrap(),
+    )
+    .unwrap();
     let mut crds = yaml_files("crds");
     crds.push(pool);
     let mut valid = yaml_files("examples/cluster");
     valid.push(repo().join("examples/standalone.yaml"));
-    let bad = ["unknown_enum", "wrong_type", "port_out_of_range", "missing_required_field", "misspelled_key", "misspelled_metadata"]
-        .map(|n| repo().join(format!("tests/fixtures/config/bad/{n}.yaml")));
+    let bad = [
+        "unknown_enum",
+        "wrong_type",
+        "port_out_of_range",
+        "missing_required_field",
+        "misspelled_key",
+        "misspelled_metadata",
+    ]
+    .map(|n| repo().join(format!("tests/fixtures/config/bad/{n}.yaml")));
     let out = run(Command::new(venv_bin("python3"))
         .arg(repo().join("tests/scripts/validate_crs.py"))
-        .arg("--crd").args(&crds)
-        .arg("--valid").args(&valid)
-        .arg("--invalid").args(&bad));
+        .arg("--crd")
+        .args(&crds)
+        .arg("--valid")
+        .args(&valid)
+        .arg("--invalid")
+        .args(&bad));
     eprintln!("{out}");
-    assert_eq!(out.lines().filter(|l| l.starts_with("ok ")).count(), valid.len() + bad.len(), "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("ok ")).count(),
+        valid.len() + bad.len(),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

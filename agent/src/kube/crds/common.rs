@@ -126,8 +126,7 @@ pub fn parse_window(s: &str) -> Result<Duration, &'static str> {
         _ => return Err("must end in s, m, h or d (e.g. 30s, 1m, 1h, 1d)"),
     };
     let digits = &s[..s.len() - 1];
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0')
-    {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) || digits.starts_with('0') {
         return Err("must be a positive whole number followed by s, m, h or d");
     }
     let n: u64 = digits.parse().map_err(|_| "number too large")?;
@@ -163,7 +162,9 @@ impl Cidr {
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix_len = match len {
             None => max,
-            Some(l) => l.parse::<u8>().map_err(|_| "prefix length is not a number")?,
+            Some(l) => l
+                .parse::<u8>()
+                .map_err(|_| "prefix length is not a number")?,
         };
         if prefix_len > max {
             return Err("prefix length is longer than the address");
@@ -221,7 +222,9 @@ mod tests {
         assert_eq!(parse_window("1m"), Ok(Duration::from_secs(60)));
         assert_eq!(parse_window("24h"), Ok(Duration::from_secs(86_400)));
         assert_eq!(parse_window("7d"), Ok(Duration::from_secs(7 * 86_400)));
-        for bad in ["", "0s", "0m", "01m", "1", "m", "1w", "-1m", "1.5h", "367d", "1 m"] {
+        for bad in [
+            "", "0s", "0m", "01m", "1", "m", "1w", "-1m", "1.5h", "367d", "1 m",
+        ] {
             assert!(parse_window(bad).is_err(), "{bad:?} accepted");
         }
     }

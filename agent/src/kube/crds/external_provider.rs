@@ -11,6 +11,10 @@ use super::{
 
 /// An external inference endpoint, its API shape and the credentials sluice injects.
 /// Cluster-scoped.
+#[expect(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn(...) repeats `type_`, which the lint mistakes for a duplicate"
+)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "sluice.dev",
@@ -24,7 +28,11 @@ use super::{
     printcolumn(name = "Schema", type_ = "string", json_path = ".spec.schema"),
     printcolumn(name = "Endpoint", type_ = "string", json_path = ".spec.endpoint"),
     printcolumn(name = "Priority", type_ = "integer", json_path = ".spec.priority"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalProviderSpec {
@@ -100,9 +108,17 @@ impl ExternalProviderSpec {
         if let Err(e) = check_endpoint(&self.endpoint) {
             v.error("spec.endpoint", format!("{:?}: {e}", self.endpoint));
         }
-        v.check(!self.models.is_empty(), "spec.models", "list at least one model");
+        v.check(
+            !self.models.is_empty(),
+            "spec.models",
+            "list at least one model",
+        );
         for (i, m) in self.models.iter().enumerate() {
-            v.check(!m.is_empty(), format!("spec.models[{i}]"), "must not be empty");
+            v.check(
+                !m.is_empty(),
+                format!("spec.models[{i}]"),
+                "must not be empty",
+            );
         }
         v.check(
             (0..=1000).contains(&self.priority),
@@ -111,7 +127,10 @@ impl ExternalProviderSpec {
         );
         if let Some(c) = &self.credentials {
             v.check(
-                !c.header.is_empty() && c.header.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+                !c.header.is_empty()
+                    && c.header
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-'),
                 "spec.credentials.header",
                 "must be a header name (letters, digits, -)",
             );

@@ -158,7 +158,10 @@ impl InferencePoolSpec {
                 "must be between 1 and 65535",
             );
             if self.target_ports[..i].iter().any(|q| q.number == p.number) {
-                v.error(format!("spec.targetPorts[{i}].number"), "port number must be unique");
+                v.error(
+                    format!("spec.targetPorts[{i}].number"),
+                    "port number must be unique",
+                );
             }
         }
         v.finish()

@@ -15,6 +15,10 @@ use super::{
 };
 
 /// Token and request limits for tenants and models. Cluster-scoped.
+#[expect(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn(...) repeats `type_`, which the lint mistakes for a duplicate"
+)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "sluice.dev",
@@ -27,8 +31,16 @@ use super::{
     doc = "TokenBudget limits the input, output and total tokens and the requests that tenants may use per window, on each node or across the cluster.",
     printcolumn(name = "Scope", type_ = "string", json_path = ".spec.scope"),
     printcolumn(name = "Enforce At", type_ = "string", json_path = ".spec.enforceAt"),
-    printcolumn(name = "Window", type_ = "string", json_path = ".spec.limits[0].window"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Window",
+        type_ = "string",
+        json_path = ".spec.limits[0].window"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TokenBudgetSpec {
@@ -130,14 +142,21 @@ pub struct TokenBudgetStatus {
 impl TokenBudgetSpec {
     pub fn validate(&self) -> Result<(), Invalid> {
         let mut v = Validator::default();
-        v.check(!self.limits.is_empty(), "spec.limits", "set at least one limit");
+        v.check(
+            !self.limits.is_empty(),
+            "spec.limits",
+            "set at least one limit",
+        );
         let mut seen: Vec<Duration> = Vec::new();
         for (i, l) in self.limits.iter().enumerate() {
             let path = format!("spec.limits[{i}]");
             match parse_window(&l.window) {
                 Ok(d) if seen.contains(&d) => v.error(
                     format!("{path}.window"),
-                    format!("{:?} repeats an earlier window of the same length", l.window),
+                    format!(
+                        "{:?} repeats an earlier window of the same length",
+                        l.window
+                    ),
                 ),
                 Ok(d) => seen.push(d),
                 Err(e) => v.error(format!("{path}.window"), format!("{:?}: {e}", l.window)),
@@ -156,12 +175,20 @@ impl TokenBudgetSpec {
                 ("totalTokens", l.total_tokens),
                 ("requests", l.requests),
             ] {
-                v.check(value != Some(0), format!("{path}.{name}"), "must be at least 1");
+                v.check(
+                    value != Some(0),
+                    format!("{path}.{name}"),
+                    "must be at least 1",
+                );
             }
         }
         for (field, list) in [("tenants", &self.tenants), ("models", &self.models)] {
             for (i, s) in list.iter().enumerate() {
-                v.check(!s.is_empty(), format!("spec.{field}[{i}]"), "must not be empty");
+                v.check(
+                    !s.is_empty(),
+                    format!("spec.{field}[{i}]"),
+                    "must not be empty",
+                );
             }
         }
         v.check(

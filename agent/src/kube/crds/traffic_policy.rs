@@ -13,6 +13,10 @@ use super::{
 
 /// What to intercept and how to treat it. Cluster-scoped: one policy can name Services in
 /// any namespace.
+#[expect(
+    clippy::duplicated_attributes,
+    reason = "each printcolumn(...) repeats `type_`, which the lint mistakes for a duplicate"
+)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "sluice.dev",
@@ -23,9 +27,17 @@ use super::{
     category = "sluice",
     status = "TrafficPolicyStatus",
     doc = "TrafficPolicy selects the connections sluice intercepts (Services, CIDRs, ports), the clients it applies to, and how they are treated (failure mode, tenant key, inspection limits, processors).",
-    printcolumn(name = "Failure Mode", type_ = "string", json_path = ".spec.failureMode"),
+    printcolumn(
+        name = "Failure Mode",
+        type_ = "string",
+        json_path = ".spec.failureMode"
+    ),
     printcolumn(name = "Tenant", type_ = "string", json_path = ".spec.tenant.source"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TrafficPolicySpec {
@@ -182,7 +194,10 @@ pub enum Oversize {
 #[serde(rename_all = "camelCase")]
 pub struct Processor {
     /// Name, unique within the policy (used in logs, metrics and status).
-    #[schemars(length(min = 1, max = 63), regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// What the step does.
     #[serde(rename = "type")]
@@ -234,8 +249,16 @@ impl TrafficPolicySpec {
         );
         for (i, s) in t.services.iter().enumerate() {
             let path = format!("spec.targets.services[{i}]");
-            v.check(!s.namespace.is_empty(), format!("{path}.namespace"), "must not be empty");
-            v.check(!s.name.is_empty(), format!("{path}.name"), "must not be empty");
+            v.check(
+                !s.namespace.is_empty(),
+                format!("{path}.namespace"),
+                "must not be empty",
+            );
+            v.check(
+                !s.name.is_empty(),
+                format!("{path}.name"),
+                "must not be empty",
+            );
             check_ports(&mut v, &s.ports, &format!("{path}.ports"));
         }
         for (i, c) in t.cidrs.iter().enumerate() {
@@ -243,7 +266,11 @@ impl TrafficPolicySpec {
             if let Err(e) = Cidr::parse(&c.cidr) {
                 v.error(format!("{path}.cidr"), format!("{:?}: {e}", c.cidr));
             }
-            v.check(!c.ports.is_empty(), format!("{path}.ports"), "list at least one port");
+            v.check(
+                !c.ports.is_empty(),
+                format!("{path}.ports"),
+                "list at least one port",
+            );
             check_ports(&mut v, &c.ports, &format!("{path}.ports"));
         }
         check_ports(&mut v, &t.ports, "spec.targets.ports");
@@ -259,7 +286,10 @@ impl TrafficPolicySpec {
         for (i, p) in self.processors.iter().enumerate() {
             let path = format!("spec.processors[{i}]");
             if self.processors[..i].iter().any(|q| q.name == p.name) {
-                v.error(format!("{path}.name"), format!("duplicate processor name {:?}", p.name));
+                v.error(
+                    format!("{path}.name"),
+                    format!("duplicate processor name {:?}", p.name),
+                );
             }
             if let Some(t) = &p.timeout
                 && let Err(e) = super::common::parse_window(t)
@@ -273,7 +303,11 @@ impl TrafficPolicySpec {
 
 fn check_ports(v: &mut Validator, ports: &[u16], path: &str) {
     for (i, p) in ports.iter().enumerate() {
-        v.check(*p != 0, format!("{path}[{i}]"), "port 0 cannot be connected to");
+        v.check(
+            *p != 0,
+            format!("{path}[{i}]"),
+            "port 0 cannot be connected to",
+        );
     }
 }
 

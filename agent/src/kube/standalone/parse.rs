@@ -12,9 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::{DocError, schema};
-use crate::kube::crds::{
-    ExternalProvider, InferencePool, Invalid, TokenBudget, TrafficPolicy,
-};
+use crate::kube::crds::{ExternalProvider, InferencePool, Invalid, TokenBudget, TrafficPolicy};
 
 /// A parsed document.
 #[derive(Debug)]
@@ -101,7 +99,10 @@ fn parse_yaml(text: &str) -> Result<Vec<Value>, (Option<usize>, String)> {
 fn clean(s: &str) -> String {
     let line = s.lines().next().unwrap_or(s).trim();
     let line = line.strip_prefix("error: ").unwrap_or(line);
-    line.split(", set DuplicateKeyPolicy").next().unwrap_or(line).to_owned()
+    line.split(", set DuplicateKeyPolicy")
+        .next()
+        .unwrap_or(line)
+        .to_owned()
 }
 
 /// Which document (0-based) a 1-based line falls in, counting `---` separators before it.
@@ -131,12 +132,18 @@ fn parse_doc(value: &Value) -> Result<Resource, Problems> {
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .filter(|n| !n.is_empty())
-        .map(|n| match value.pointer("/metadata/namespace").and_then(Value::as_str) {
-            Some(ns) => format!("{ns}/{n}"),
-            None => n.to_owned(),
-        });
+        .map(
+            |n| match value.pointer("/metadata/namespace").and_then(Value::as_str) {
+                Some(ns) => format!("{ns}/{n}"),
+                None => n.to_owned(),
+            },
+        );
     let (Some(api_version), Some(kind)) = (api_version, kind) else {
-        return Err(vec![(None, name, "apiVersion and kind are required".to_owned())]);
+        return Err(vec![(
+            None,
+            name,
+            "apiVersion and kind are required".to_owned(),
+        )]);
     };
     let k = Some(kind.to_owned());
     if !KINDS.contains(&(api_version, kind)) {
@@ -144,7 +151,10 @@ fn parse_doc(value: &Value) -> Result<Resource, Problems> {
         return Err(vec![(
             k,
             name,
-            format!("unsupported kind {api_version} {kind}; files may contain {}", known.join(", ")),
+            format!(
+                "unsupported kind {api_version} {kind}; files may contain {}",
+                known.join(", ")
+            ),
         )]);
     }
     if name.as_deref().is_none_or(str::is_empty) {
@@ -159,13 +169,19 @@ fn parse_doc(value: &Value) -> Result<Resource, Problems> {
     }
     let problem = |m: String| vec![(k.clone(), name.clone(), m)];
     match kind {
-        "TrafficPolicy" => typed::<TrafficPolicy>(value, |r| r.spec.validate()).map(|r| Resource::TrafficPolicy(Box::new(r))),
-        "TokenBudget" => typed::<TokenBudget>(value, |r| r.spec.validate()).map(|r| Resource::TokenBudget(Box::new(r))),
-        "ExternalProvider" => typed::<ExternalProvider>(value, |r| r.spec.validate()).map(|r| Resource::ExternalProvider(Box::new(r))),
-        "InferencePool" => typed::<InferencePool>(value, |r| r.spec.validate()).map(|r| Resource::InferencePool(Box::new(r))),
+        "TrafficPolicy" => typed::<TrafficPolicy>(value, |r| r.spec.validate())
+            .map(|r| Resource::TrafficPolicy(Box::new(r))),
+        "TokenBudget" => typed::<TokenBudget>(value, |r| r.spec.validate())
+            .map(|r| Resource::TokenBudget(Box::new(r))),
+        "ExternalProvider" => typed::<ExternalProvider>(value, |r| r.spec.validate())
+            .map(|r| Resource::ExternalProvider(Box::new(r))),
+        "InferencePool" => typed::<InferencePool>(value, |r| r.spec.validate())
+            .map(|r| Resource::InferencePool(Box::new(r))),
         "Pod" => typed::<Pod>(value, |_| Ok(())).map(|r| Resource::Pod(Box::new(r))),
         "Service" => typed::<Service>(value, |_| Ok(())).map(|r| Resource::Service(Box::new(r))),
-        "EndpointSlice" => typed::<EndpointSlice>(value, |_| Ok(())).map(|r| Resource::EndpointSlice(Box::new(r))),
+        "EndpointSlice" => {
+            typed::<EndpointSlice>(value, |_| Ok(())).map(|r| Resource::EndpointSlice(Box::new(r)))
+        }
         "Secret" => typed::<Secret>(value, |_| Ok(())).map(|r| Resource::Secret(Box::new(r))),
         _ => typed::<Namespace>(value, |_| Ok(())).map(|r| Resource::Namespace(Box::new(r))),
     }
@@ -173,11 +189,18 @@ fn parse_doc(value: &Value) -> Result<Resource, Problems> {
 }
 
 /// Deserializes with the failing field's path in the message, then runs semantic checks.
-fn typed<T: DeserializeOwned>(value: &Value, check: impl Fn(&T) -> Result<(), Invalid>) -> Result<T, String> {
+fn typed<T: DeserializeOwned>(
+    value: &Value,
+    check: impl Fn(&T) -> Result<(), Invalid>,
+) -> Result<T, String> {
     let resource: T = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
-        if path == "." { inner } else { format!("{path}: {inner}") }
+        if path == "." {
+            inner
+        } else {
+            format!("{path}: {inner}")
+        }
     })?;
     check(&resource).map_err(|e| e.to_string())?;
     Ok(resource)
@@ -200,7 +223,10 @@ fn schema_for(kind: &str) -> &'static Value {
         ]
     });
     static EMPTY: Value = Value::Null;
-    schemas.iter().find(|(k, _)| *k == kind).map_or(&EMPTY, |(_, s)| s)
+    schemas
+        .iter()
+        .find(|(k, _)| *k == kind)
+        .map_or(&EMPTY, |(_, s)| s)
 }
 
 fn crd_schema(

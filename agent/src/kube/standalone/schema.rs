@@ -93,9 +93,15 @@ fn property(schema: &Value, root: &Value, key: &str) -> Option<Value> {
 /// `Option<T>` and flattening that way), merged.
 fn properties<'a>(schema: &'a Value, root: &'a Value) -> Option<Map<String, Value>> {
     let schema = resolve(schema, root);
-    let mut merged: Option<Map<String, Value>> = schema.get("properties").and_then(Value::as_object).cloned();
+    let mut merged: Option<Map<String, Value>> =
+        schema.get("properties").and_then(Value::as_object).cloned();
     for key in ["allOf", "anyOf", "oneOf"] {
-        for branch in schema.get(key).and_then(Value::as_array).into_iter().flatten() {
+        for branch in schema
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(p) = properties(branch, root) {
                 merged.get_or_insert_with(Map::new).extend(p);
             }
@@ -111,7 +117,13 @@ fn additional<'a>(schema: &'a Value, root: &'a Value) -> Option<&'a Value> {
     }
     ["allOf", "anyOf", "oneOf"]
         .iter()
-        .flat_map(|k| schema.get(*k).and_then(Value::as_array).into_iter().flatten())
+        .flat_map(|k| {
+            schema
+                .get(*k)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
         .find_map(|b| additional(b, root))
 }
 
@@ -122,7 +134,13 @@ fn items_schema<'a>(schema: &'a Value, root: &'a Value) -> Option<&'a Value> {
     }
     ["allOf", "anyOf", "oneOf"]
         .iter()
-        .flat_map(|k| schema.get(*k).and_then(Value::as_array).into_iter().flatten())
+        .flat_map(|k| {
+            schema
+                .get(*k)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
         .find_map(|b| items_schema(b, root))
 }
 

@@ -52,19 +52,35 @@ fn the_embedded_example_loads() {
     assert_eq!(inputs.services.len(), 1);
     let p = &inputs.policies["inference"];
     assert_eq!(p.spec.targets.ports, [11434]);
-    assert!(matches!(&p.origin, Origin::File { index: 0, .. }), "{:?}", p.origin);
+    assert!(
+        matches!(&p.origin, Origin::File { index: 0, .. }),
+        "{:?}",
+        p.origin
+    );
 }
 
 #[test]
 fn the_cluster_examples_load_as_files_too() {
-    let inputs = load(&read_all(&repo().join("examples/cluster")).unwrap(), "node-a").unwrap();
+    let inputs = load(
+        &read_all(&repo().join("examples/cluster")).unwrap(),
+        "node-a",
+    )
+    .unwrap();
     assert_eq!(
-        (inputs.policies.len(), inputs.budgets.len(), inputs.providers.len(), inputs.pools.len()),
+        (
+            inputs.policies.len(),
+            inputs.budgets.len(),
+            inputs.providers.len(),
+            inputs.pools.len()
+        ),
         (1, 1, 1, 1)
     );
     let secret = &inputs.secrets[&ObjectKey::new("sluice", "openai")];
     assert_eq!(secret.0["api-key"], b"sk-replace-me");
-    assert!(!format!("{secret:?}").contains("sk-"), "secret values never print");
+    assert!(
+        !format!("{secret:?}").contains("sk-"),
+        "secret values never print"
+    );
 }
 
 #[test]
@@ -111,7 +127,10 @@ status: {podIP: 198.18.1.10}
 
 #[test]
 fn errors_from_several_files_are_all_reported() {
-    let a = (PathBuf::from("a.yaml"), "apiVersion: v1\nkind: Nope\nmetadata: {name: x}\n".to_owned());
+    let a = (
+        PathBuf::from("a.yaml"),
+        "apiVersion: v1\nkind: Nope\nmetadata: {name: x}\n".to_owned(),
+    );
     let b = (PathBuf::from("b.yaml"), "apiVersion: sluice.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: y}\nspec: {targets: {}}\n".to_owned());
     let Err(Error::Invalid(errors)) = load(&[a, b], "n") else {
         panic!("accepted")
@@ -131,7 +150,10 @@ fn directories_skip_hidden_and_foreign_files() {
     std::fs::write(dir.join("notes.txt"), "").unwrap();
     std::fs::write(dir.join(".hidden.yaml"), "").unwrap();
     let files = config_files(&dir).unwrap();
-    let names: Vec<_> = files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let names: Vec<_> = files
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
     assert_eq!(names, ["a.yml", "b.yaml"]);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -143,12 +165,20 @@ async fn watch_applies_good_changes_and_keeps_the_last_good_state() {
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("config.yaml");
     let policy = |port: u32| {
-        format!("apiVersion: sluice.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: p}}\nspec: {{targets: {{ports: [{port}]}}}}\n")
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {{name: p}}\nspec: {{targets: {{ports: [{port}]}}}}\n"
+        )
     };
     std::fs::write(&file, policy(8000)).unwrap();
     let (_, files) = load_path(&dir, "n").unwrap();
     let (tx, mut rx) = mpsc::channel(4);
-    let task = tokio::spawn(watch(dir.clone(), "n".into(), files, Duration::from_millis(20), tx));
+    let task = tokio::spawn(watch(
+        dir.clone(),
+        "n".into(),
+        files,
+        Duration::from_millis(20),
+        tx,
+    ));
 
     std::fs::write(&file, "apiVersion: sluice.dev/v1alpha1\nkind: TrafficPolicy\nmetadata: {name: p}\nspec: {targets: {prots: [1]}}\n").unwrap();
     let quiet = tokio::time::timeout(Duration::from_millis(300), rx.recv()).await;

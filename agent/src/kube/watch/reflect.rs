@@ -69,7 +69,9 @@ where
         let flag = Arc::clone(&ready);
         let stream = reflector(
             writer,
-            watcher::watcher(api, config).default_backoff().modify(strip),
+            watcher::watcher(api, config)
+                .default_backoff()
+                .modify(strip),
         );
         let task = tokio::spawn(consume(name, stream, options, flag, dirty));
         Self { store, ready, task }
@@ -81,7 +83,10 @@ where
     }
 }
 
-fn reflector<K, S>(writer: reflector::store::Writer<K>, stream: S) -> impl futures::Stream<Item = S::Item>
+fn reflector<K, S>(
+    writer: reflector::store::Writer<K>,
+    stream: S,
+) -> impl futures::Stream<Item = S::Item>
 where
     K: Resource + Clone + 'static,
     K::DynamicType: std::hash::Hash + Eq + Clone,
@@ -130,7 +135,9 @@ async fn consume<K: Resource>(
             Ok(Event::Apply(obj)) => {
                 failing = false;
                 let generation = obj.meta().generation;
-                if !options.spec_only || generations.insert(uid(&obj), generation) != Some(generation) {
+                if !options.spec_only
+                    || generations.insert(uid(&obj), generation) != Some(generation)
+                {
                     dirty.notify_one();
                 }
             }

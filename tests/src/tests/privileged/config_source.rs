@@ -10,8 +10,8 @@ use std::{
 use serde_json::json;
 
 use crate::{
-    agent::AgentProcess, apiserver::FakeApiServer, cgroup::TestCgroup, privileged, responder::Responder,
-    unique_name,
+    agent::AgentProcess, apiserver::FakeApiServer, cgroup::TestCgroup, privileged,
+    responder::Responder, unique_name,
 };
 
 /// What a client in `cgroup` gets from `url`: the body, or `None` if the request failed.
@@ -21,7 +21,9 @@ fn get(cgroup: &TestCgroup, url: &str) -> Option<String> {
         .args(["-sS", "--noproxy", "*", "--max-time", "3", url])
         .output()
         .unwrap_or_else(|e| panic!("running curl: {e}"));
-    status.success().then(|| String::from_utf8_lossy(&stdout).into_owned())
+    status
+        .success()
+        .then(|| String::from_utf8_lossy(&stdout).into_owned())
 }
 
 /// Retries for up to `within` until `url` answers `want` (configuration applies asynchronously).
@@ -93,20 +95,35 @@ fn standalone_files_apply_live_and_bad_edits_keep_the_last_good_state() {
         "--node-name",
         "e2e-node",
     ]);
-    let (url1, url2) = (format!("http://{}/", first.addr()), format!("http://{}/", second.addr()));
+    let (url1, url2) = (
+        format!("http://{}/", first.addr()),
+        format!("http://{}/", second.addr()),
+    );
     eventually_answers(&pods, &url1, "proxy", Duration::from_secs(3));
-    assert_eq!(get(&pods, &url2).as_deref(), Some("second"), "not a target yet");
+    assert_eq!(
+        get(&pods, &url2).as_deref(),
+        Some("second"),
+        "not a target yet"
+    );
 
     // A misspelled field: rejected, named, and the old rules stay.
     std::fs::write(&file, policy_yaml(second.addr()).replace("cidrs:", "cidr:")).unwrap();
     agent.wait_for_log("spec.targets.cidr: unknown field", Duration::from_secs(3));
-    assert_eq!(get(&pods, &url1).as_deref(), Some("proxy"), "the last good state stays in force");
+    assert_eq!(
+        get(&pods, &url1).as_deref(),
+        Some("proxy"),
+        "the last good state stays in force"
+    );
     assert_eq!(get(&pods, &url2).as_deref(), Some("second"));
 
     // A good edit moves interception to the second destination.
     std::fs::write(&file, policy_yaml(second.addr())).unwrap();
     eventually_answers(&pods, &url2, "proxy", Duration::from_secs(3));
-    assert_eq!(get(&pods, &url1).as_deref(), Some("first"), "the old rule was removed");
+    assert_eq!(
+        get(&pods, &url1).as_deref(),
+        Some("first"),
+        "the old rule was removed"
+    );
 }
 
 #[test]
@@ -143,11 +160,17 @@ fn a_policy_applied_through_the_api_redirects_and_its_deletion_stops_it() {
     // The agent reports that it accepted the policy, under its own node entry.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let status = server.get("TrafficPolicy", "", "e2e").and_then(|p| p.pointer("/status/nodes/0/node").cloned());
+        let status = server
+            .get("TrafficPolicy", "", "e2e")
+            .and_then(|p| p.pointer("/status/nodes/0/node").cloned());
         if status == Some(json!("e2e-node")) {
             break;
         }
-        assert!(Instant::now() < deadline, "no status from the agent: {:?}", server.get("TrafficPolicy", "", "e2e"));
+        assert!(
+            Instant::now() < deadline,
+            "no status from the agent: {:?}",
+            server.get("TrafficPolicy", "", "e2e")
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 
