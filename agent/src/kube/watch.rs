@@ -4,7 +4,7 @@
 //! - Pods on this node only (field selector `spec.nodeName=<node>`): identities, GPUs, cgroups.
 //! - Pods of each InferencePool (its namespace and label selector), on any node: endpoints.
 //! - Services, EndpointSlices and Namespaces (labels), cluster-wide.
-//! - sluice's CRDs and InferencePools (optional: a missing CRD is an empty list).
+//! - sluice's CRDs and InferencePools (a CRD that is not installed is an empty list).
 //! - Secrets in the configured namespaces only (least privilege: a Role per namespace).
 //!
 //! Stores keep their last state when the API server is unreachable; kube's watcher retries
@@ -66,8 +66,10 @@ const REQUIRED: Options = Options {
     optional: false,
     spec_only: false,
 };
+/// A CRD that is not installed is an empty list (with a warning), not a source that never
+/// syncs: the agent still serves its flags and the kinds that are installed.
 const CRD: Options = Options {
-    optional: false,
+    optional: true,
     spec_only: true,
 };
 

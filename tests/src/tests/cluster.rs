@@ -457,3 +457,35 @@ async fn an_api_server_outage_keeps_the_last_state_and_catches_up_after() {
         "the watcher relisted after 410 Gone ({relisted} lists)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kinds_whose_crd_is_missing_are_empty_and_picked_up_once_installed() {
+    let server = FakeApiServer::start();
+    let cgroups = CgroupTree::new("missing-crd");
+    server.set_installed("inferencepools", false);
+    server.set_installed("tokenbudgets", false);
+    server.apply(policy("p", json!({"targets": {"ports": [8000]}})));
+    let agent = start_agent(&server, &args("node-a", &cgroups)).await;
+    let rules = agent.rules.clone();
+    let served = eventually(Duration::from_secs(2), || {
+        let ok = rules.snapshot().contains_key(&Dest::any(8000));
+        async move { ok }
+    })
+    .await;
+    assert!(
+        served,
+        "installed kinds are served although others are missing"
+    );
+    server.set_installed("inferencepools", true);
+    server.apply(pool());
+    let store = agent.running.store.clone();
+    let found = eventually(Duration::from_secs(20), || {
+        let n = store.load().pools.len();
+        async move { n == 1 }
+    })
+    .await;
+    assert!(
+        found,
+        "the pool appears once its CRD is installed (after the watcher's backoff)"
+    );
+}

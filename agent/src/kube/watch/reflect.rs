@@ -148,7 +148,7 @@ async fn consume<K: Resource>(
             }
             Err(error) => {
                 if options.optional && is_not_found(&error) && !ready.swap(true, Ordering::AcqRel) {
-                    info!(watch = %name, "kind not installed; treating it as empty");
+                    warn!(watch = %name, "kind not installed (no CRD?); treating it as empty until it is");
                     dirty.notify_one();
                 }
                 failing = true;
