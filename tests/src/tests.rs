@@ -2,6 +2,7 @@
 
 mod apiserver;
 mod cluster;
+mod crd_cel;
 mod manifests;
 
 mod privileged {

@@ -173,3 +173,67 @@ impl Engine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{os::unix::fs::MetadataExt as _, path::PathBuf};
+
+    use super::*;
+    use crate::{identity::IdentitySource as _, kube::identity::SnapshotIdentity};
+
+    #[test]
+    fn standalone_pods_get_identities_from_their_cgroup_annotation() {
+        let root = std::env::temp_dir().join(format!("sluice-engine-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("sluice-tests/client/app")).unwrap();
+        let ino = |p: &str| std::fs::metadata(root.join(p)).unwrap().ino();
+        let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: client\n  namespace: team-a\n  labels: {team: a}\n  annotations: {sluice.dev/cgroup: sluice-tests/client}\nspec:\n  serviceAccountName: app\n  containers: []\n";
+        let inputs =
+            crate::kube::standalone::load(&[(PathBuf::from("pods.yaml"), text.to_owned())], "n")
+                .unwrap();
+
+        let store = Store::new();
+        let mut engine = Engine::new(
+            store.clone(),
+            Builder::new("n", "sluice", [], Vec::new()),
+            Scanner::new(&root),
+        );
+        let identity = SnapshotIdentity::new(store.clone(), engine.rescan_trigger());
+        engine.update(Update {
+            inputs,
+            complete: true,
+        });
+
+        for dir in ["sluice-tests/client", "sluice-tests/client/app"] {
+            let pod = identity.identify(ino(dir)).pod.expect("identified");
+            assert_eq!(
+                (
+                    pod.namespace.as_str(),
+                    pod.name.as_str(),
+                    pod.service_account.as_str()
+                ),
+                ("team-a", "client", "app")
+            );
+            assert_eq!(pod.labels.get("team").map(String::as_str), Some("a"));
+        }
+        assert!(
+            identity.identify(ino("sluice-tests")).pod.is_none(),
+            "the parent is nobody's"
+        );
+        let version = store.load().version;
+        engine.update(Update {
+            inputs: store_inputs(&engine),
+            complete: true,
+        });
+        assert_eq!(
+            store.load().version,
+            version,
+            "an unchanged source publishes nothing"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    fn store_inputs(engine: &Engine) -> Inputs {
+        engine.inputs.clone()
+    }
+}

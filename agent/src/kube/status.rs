@@ -158,7 +158,7 @@ impl StatusWriter {
     /// Writes every entry that differs from what was written; returns how many failed.
     async fn sync(&mut self, snap: &Snapshot) -> usize {
         let mut failed = 0;
-        let mut live = Vec::new();
+        let mut live = HashSet::new();
         for v in &snap.verdicts {
             let Origin::Api { generation } = v.origin else {
                 continue;
@@ -170,7 +170,7 @@ impl StatusWriter {
                 continue;
             }
             let key = (v.kind, v.name.clone());
-            live.push(key.clone());
+            live.insert(key.clone());
             let previous = self.written.get(&key);
             let entry = self.entry(v, generation, previous);
             if previous.is_some_and(|p| same(p, &entry)) {
