@@ -19,7 +19,11 @@
 //!   large clusters should lengthen the interval or turn usage reporting off (interval 0);
 //!   `/metrics` carries the same numbers without that cost.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
