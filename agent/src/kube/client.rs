@@ -4,7 +4,8 @@
 //! kube's default stack builds its own `HttpConnector`, which has no hook for socket options
 //! set before `connect()` (where connect4 runs). So the stack is rebuilt here from kube's
 //! public pieces around [`MarkedConnector`]: TLS from the kubeconfig (rustls), connect/read
-//! timeouts, base URI, authentication and extra headers, as `ClientBuilder::try_from` does.
+//! timeouts, base URI, retries of 429/503/504, authentication and extra headers, as
+//! `ClientBuilder::try_from` does (without its HTTP tracing spans and proxy support).
 
 use std::{
     future::Future,
@@ -135,8 +136,12 @@ pub fn build(config: kube::Config, mark: u32) -> Result<kube::Client, Error> {
     connector.set_write_timeout(config.write_timeout);
     let http: hyper_util::client::legacy::Client<_, kube::client::Body> =
         hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build(connector);
+    let retry = config
+        .default_retry
+        .then(|| tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry()));
     let service = ServiceBuilder::new()
         .layer(config.base_uri_layer())
+        .option_layer(retry)
         .option_layer(config.auth_layer().map_err(Error::Build)?)
         .layer(config.extra_headers_layer().map_err(Error::Build)?)
         .map_err(BoxError::from)
