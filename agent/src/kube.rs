@@ -36,8 +36,6 @@ pub enum Error {
     Standalone(#[from] standalone::Error),
     #[error(transparent)]
     Client(#[from] client::Error),
-    #[error("the configuration source stopped: {reason}")]
-    SourceStopped { reason: &'static str },
 }
 
 /// The current snapshot, readable without locks, and a change signal for subscribers.

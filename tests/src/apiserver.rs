@@ -26,6 +26,7 @@ use tokio::{net::TcpListener, runtime::Runtime, task::JoinSet};
 mod http;
 mod select;
 mod store;
+mod watch;
 
 pub use store::{ResourceType, TYPES};
 

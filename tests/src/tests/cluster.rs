@@ -75,7 +75,11 @@ fn args(node: &str, cgroups: &CgroupTree) -> SourceArgs {
 }
 
 async fn start_agent(server: &FakeApiServer, args: &SourceArgs) -> Agent {
-    let running = source::start_with_client(args, Vec::new(), server.client(), None);
+    // The agent's own client stack (mark 0: no SO_MARK, so no privileges needed here; the
+    // mark itself is covered by `kube::client`'s privileged test and the e2e tests).
+    let config = kube::Config::new(server.url().parse().unwrap());
+    let client = sluice::kube::client::build(config, 0).unwrap();
+    let running = source::start_with_client(args, Vec::new(), client, None);
     let rules = MemoryMap::default();
     let locality = MemoryLocality::default();
     let reconciler = tokio::spawn(reconcile::run(
