@@ -2,6 +2,7 @@
 //! when pods change (or when a lookup misses), builds a snapshot and publishes it.
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -20,7 +21,7 @@ use super::{
     builder::Builder,
     cgroups::{CgroupIndex, Scanner},
     inputs::Inputs,
-    snapshot::Snapshot,
+    snapshot::{Kind, Snapshot},
 };
 
 /// At most one cgroup rescan per this interval (they walk the filesystem).
@@ -51,6 +52,8 @@ pub struct Engine {
     complete: bool,
     index: CgroupIndex,
     rescan: Arc<RescanTrigger>,
+    /// Rejections already logged, so each is logged once, not on every rebuild.
+    rejected: HashMap<(Kind, String), String>,
 }
 
 // === impl RescanTrigger ===
@@ -80,6 +83,7 @@ impl Engine {
             complete: false,
             index: CgroupIndex::default(),
             rescan: Arc::new(RescanTrigger::default()),
+            rejected: HashMap::new(),
         }
     }
 
@@ -139,11 +143,23 @@ impl Engine {
 
     fn publish(&mut self) {
         let snap: Snapshot = self.builder.build(&self.inputs, &self.index, self.complete);
+        let mut rejected = HashMap::new();
         for v in &snap.verdicts {
-            if let Err(e) = &v.accepted {
-                warn!(kind = %v.kind, name = %v.name, origin = %v.origin, error = %e, "resource rejected");
+            let key = (v.kind, v.name.clone());
+            match &v.accepted {
+                Err(e) => {
+                    if self.rejected.get(&key) != Some(e) {
+                        warn!(kind = %v.kind, name = %v.name, origin = %v.origin, error = %e, "resource rejected");
+                    }
+                    rejected.insert(key, e.clone());
+                }
+                Ok(()) if self.rejected.contains_key(&key) => {
+                    info!(kind = %v.kind, name = %v.name, "resource accepted");
+                }
+                Ok(()) => {}
             }
         }
+        self.rejected = rejected;
         self.store.publish(snap);
     }
 

@@ -493,3 +493,75 @@ async fn kinds_whose_crd_is_missing_are_empty_and_picked_up_once_installed() {
         "the pool appears once its CRD is installed (after the watcher's backoff)"
     );
 }
+
+/// A quota stand-in whose usage the test sets.
+struct FixedUsage(std::sync::Mutex<u64>);
+
+impl sluice::kube::status::UsageSource for FixedUsage {
+    fn usage(&self, budget: &str) -> Vec<sluice::kube::crds::status::BudgetUsage> {
+        let tokens = *self.0.lock().unwrap();
+        vec![sluice::kube::crds::status::BudgetUsage {
+            tenant: format!("{budget}-tenant"),
+            window: "1m".into(),
+            total_tokens: tokens,
+            requests: 1,
+            ..Default::default()
+        }]
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn budget_usage_is_reported_when_it_changes_and_only_then() {
+    let server = FakeApiServer::start();
+    let cgroups = CgroupTree::new("usage");
+    server.apply(json!({"apiVersion": "sluice.dev/v1alpha1", "kind": "TokenBudget", "metadata": {"name": "teams"},
+        "spec": {"limits": [{"window": "1m", "totalTokens": 1000}]}}));
+    let usage = std::sync::Arc::new(FixedUsage(std::sync::Mutex::new(10)));
+    let args = SourceArgs {
+        status_usage_interval: 1,
+        ..args("node-a", &cgroups)
+    };
+    let config = kube::Config::new(server.url().parse().unwrap());
+    let client = sluice::kube::client::build(config, 0).unwrap();
+    let _running = source::start_with_client(&args, Vec::new(), client, Some(usage.clone()));
+
+    let total = |server: &FakeApiServer| {
+        server.get("TokenBudget", "", "teams").and_then(|b| {
+            b.pointer("/status/nodes/0/usage/0/totalTokens")
+                .and_then(Value::as_u64)
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let t = total(&server);
+            async move { t == Some(10) }
+        })
+        .await,
+        "usage reported: {:?}",
+        server.get("TokenBudget", "", "teams")
+    );
+    *usage.0.lock().unwrap() = 25;
+    assert!(
+        eventually(Duration::from_secs(4), || {
+            let t = total(&server);
+            async move { t == Some(25) }
+        })
+        .await,
+        "usage updated: {:?}",
+        server.get("TokenBudget", "", "teams")
+    );
+    let patches = || {
+        server
+            .requests()
+            .iter()
+            .filter(|r| r.method == "PATCH")
+            .count()
+    };
+    let settled = patches();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        patches(),
+        settled,
+        "unchanged usage is not rewritten every interval"
+    );
+}

@@ -387,3 +387,56 @@ fn policy_for_picks_the_longest_prefix_like_the_datapath() {
     assert_eq!(name("10.0.0.1:8000").as_deref(), Some("any"));
     assert_eq!(name("198.19.7.9:8001"), None);
 }
+
+#[test]
+fn headless_services_intercept_their_endpoints_on_the_target_port() {
+    use crate::kube::inputs::{Endpoint, SliceInfo};
+
+    let mut inputs = with_policies(&[(
+        "p",
+        policy(Targets {
+            services: vec![ServiceTarget {
+                namespace: "ml".into(),
+                name: "vllm".into(),
+                ports: vec![80],
+            }],
+            ..Targets::default()
+        }),
+    )]);
+    inputs.services.insert(
+        ObjectKey::new("ml", "vllm"),
+        ServiceInfo {
+            cluster_ips: Vec::new(),
+            headless: true,
+            ports: vec![ServicePort {
+                name: Some("http".into()),
+                port: 80,
+                target_port: Some(8000),
+            }],
+        },
+    );
+    inputs.slices.insert(
+        ObjectKey::new("ml", "vllm-abc"),
+        SliceInfo {
+            service: "vllm".into(),
+            addresses: vec![
+                Endpoint {
+                    ip: "198.18.0.10".parse().unwrap(),
+                    ready: true,
+                    node: Some("node-a".into()),
+                },
+                Endpoint {
+                    ip: "198.18.1.10".parse().unwrap(),
+                    ready: false,
+                    node: Some("node-b".into()),
+                },
+            ],
+            ports: vec![(Some("http".into()), 8000)],
+        },
+    );
+    let snap = builder().build(&inputs, &CgroupIndex::default(), true);
+    let dests: Vec<String> = snap.intercepts.keys().map(ToString::to_string).collect();
+    assert_eq!(dests, ["198.18.0.10/32:8000", "198.18.1.10/32:8000"]);
+    let view = &snap.services[&ObjectKey::new("ml", "vllm")];
+    assert_eq!(view.endpoints.len(), 1, "only ready endpoints route");
+}
