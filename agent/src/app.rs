@@ -8,18 +8,24 @@
 use std::sync::Arc;
 
 use prometheus::Registry;
+use sluice_common::locality::LocalityValue;
 use tokio::{
     runtime::Handle,
     signal::unix::{SignalKind, signal},
     sync::watch,
     task::JoinHandle,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     config::Config,
     datapath::{self, Datapath, Shutdown},
-    identity::CgroupOnly,
+    identity::{CgroupOnly, IdentitySource},
+    kube::{
+        self,
+        desired::{DatapathState, FlagRuleSettings, datapath_state},
+        source::Running,
+    },
     proxy::{self, Deps, Proxy},
     telemetry::admin::{self, Admin, Readiness},
 };
@@ -34,6 +40,8 @@ pub enum Error {
     Admin(#[from] admin::Error),
     #[error(transparent)]
     Metrics(#[from] proxy::metrics::Error),
+    #[error(transparent)]
+    Source(#[from] kube::Error),
     #[error("registering the datapath counters with Prometheus")]
     DatapathMetrics(#[source] prometheus::Error),
     #[error("installing the {signal} handler")]
@@ -71,11 +79,24 @@ pub async fn run(config: Config) -> Result<(), Error> {
         "datapath attached"
     );
 
+    // Files or the Kubernetes API, when configured; the flags' rules stay in force until its
+    // first complete snapshot replaces them.
+    let source = kube::source::start(
+        &config.source,
+        config.intercepts.clone(),
+        config.agent_mark,
+        None,
+    )
+    .await?;
+    let identity: Arc<dyn IdentitySource> = match &source {
+        Some(running) => Arc::new(running.identity.clone()),
+        None => Arc::new(CgroupOnly),
+    };
     let serving = if config.external_proxy {
         info!("external proxy mode: the proxy addresses are served by another transparent proxy");
         Vec::new()
     } else {
-        serve_proxies(&config, &datapath, &registry, &admin)?
+        serve_proxies(&config, &datapath, identity, &registry, &admin)?
     };
     drop(proxy_ready);
 
@@ -84,7 +105,16 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let heartbeat = datapath.spawn_heartbeat(&runtime);
     info!("serving");
 
-    shutdown.await;
+    match &source {
+        Some(running) => {
+            tokio::select! {
+                () = shutdown => {}
+                () = sync_datapath(running, &config, &mut datapath) => {}
+            }
+        }
+        None => shutdown.await,
+    }
+    drop(source);
     heartbeat.stop();
     // The datapath goes first: new connections reach their original destinations (or the next
     // agent) while the proxy finishes the ones it has.
@@ -115,11 +145,12 @@ type Serving = Vec<(watch::Sender<bool>, JoinHandle<()>)>;
 fn serve_proxies(
     config: &Config,
     datapath: &Datapath,
+    identity: Arc<dyn IdentitySource>,
     registry: &Registry,
     admin: &Admin,
 ) -> Result<Serving, Error> {
     let metrics = Arc::new(proxy::Metrics::new(registry)?);
-    let deps = Deps::transparent(Arc::new(datapath.interceptions()?), Arc::new(CgroupOnly));
+    let deps = Deps::transparent(Arc::new(datapath.interceptions()?), identity);
     let mut listens = vec![config.proxy.clone()];
     if let Some(addr6) = config.proxy_addr6 {
         listens.push(proxy::Config {
@@ -150,6 +181,76 @@ fn spawn_proxy(
         let _ = stopped.wait_for(|s| *s).await;
     }));
     Ok((stop, task))
+}
+
+/// Applies every complete snapshot's desired state to the datapath, writing only the parts that
+/// changed. A state that does not fit a map is rejected by the datapath (named, counted) and
+/// the previous one stays in force; the next snapshot is tried afresh. Never returns.
+async fn sync_datapath(source: &Running, config: &Config, datapath: &mut Datapath) {
+    let flags = FlagRuleSettings {
+        failure_mode: config.failure_mode,
+        include_system: config.include_system,
+        include_host_network: config.include_host_network,
+    };
+    let mut changes = source.store.subscribe();
+    let mut applied: Option<DatapathState> = None;
+    loop {
+        let snap = source.store.load();
+        if snap.complete {
+            let state = datapath_state(&snap, &config.source.namespace, flags);
+            apply_changes(datapath, applied.as_ref(), &state, snap.version);
+            applied = Some(state);
+        }
+        if changes.changed().await.is_err() {
+            // The source is gone (shutdown): nothing more will change.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Writes the parts of `state` that differ from `before` (everything the first time).
+fn apply_changes(
+    datapath: &mut Datapath,
+    before: Option<&DatapathState>,
+    state: &DatapathState,
+    version: u64,
+) {
+    if before.is_none_or(|b| b.rules != state.rules) {
+        match datapath.apply(&state.rules) {
+            Ok(a) => info!(
+                version,
+                added = a.added,
+                changed = a.changed,
+                removed = a.removed,
+                total = a.total,
+                "intercept rules applied"
+            ),
+            Err(error) => {
+                warn!(version, %error, "intercept rules rejected; the previous rules stay")
+            }
+        }
+    }
+    if before.is_none_or(|b| b.system_cgroups != state.system_cgroups)
+        && let Err(error) = datapath.set_system_exclusions(state.system_cgroups.iter().copied())
+    {
+        warn!(version, %error, "system exclusions rejected; the previous ones stay");
+    }
+    if before.is_none_or(|b| b.locality != state.locality) {
+        let entries = state
+            .locality
+            .iter()
+            .map(|(ip, e)| {
+                let value = LocalityValue {
+                    gpus: e.gpus,
+                    flags: e.flags,
+                };
+                (*ip, value)
+            })
+            .collect();
+        if let Err(error) = datapath.set_locality(&entries) {
+            warn!(version, %error, "locality rejected; the previous entries stay");
+        }
+    }
 }
 
 /// Installs the SIGTERM and SIGINT handlers now; the future completes on the first signal.

@@ -9,14 +9,16 @@ use serde::Serialize;
 use sluice_common::{
     agent::AgentState,
     config::{CFG_PROXY4, CFG_PROXY6, DatapathConfig},
+    locality::{LOCALITY_POOL_MEMBER, LOCALITY_READY},
     map_names,
 };
 
 use crate::{
     config::{ENV_PIN_DIR, parse_duration},
     datapath::{
-        self, AgentMap, Counters, OrigDstTable, PinDir, apply::InterceptTable, heartbeat, maps,
-        stats,
+        self, AgentMap, Counters, OrigDstTable, PinDir,
+        apply::{InterceptTable, LocalityTable},
+        heartbeat, maps, stats,
     },
 };
 
@@ -81,6 +83,8 @@ pub enum What {
     Programs,
     /// The agent's heartbeat as the datapath sees it.
     Agent,
+    /// Model-serving pods on this node and their accelerators (`LOCALITY`).
+    Locality,
 }
 
 /// `sluice uninstall`.
@@ -129,6 +133,7 @@ pub fn inspect(args: &InspectArgs) -> Result<String, Error> {
         What::Connections => connections(&OrigDstTable::open(dir)?, args.json),
         What::Programs => programs(dir, args.sample, args.json),
         What::Agent => agent(&AgentMap::open(dir)?.read()?, &config(dir)?, args.json),
+        What::Locality => locality(dir, args.json),
     }
 }
 
@@ -202,6 +207,50 @@ fn intercepts(dir: &std::path::Path, json: bool) -> Result<String, Error> {
         t.render(),
         view.rules.len(),
         view.capacity
+    ))
+}
+
+#[derive(Serialize)]
+struct LocalityView {
+    pod_ip: String,
+    gpus: u32,
+    pool_member: bool,
+    ready: bool,
+}
+
+fn locality(dir: &std::path::Path, json: bool) -> Result<String, Error> {
+    let name = map_names::LOCALITY;
+    let capacity = MapInfo::from_pin(dir.join(name))
+        .map_err(|source| Error::Info { map: name, source })?
+        .max_entries();
+    let map = maps::open_as(dir, name, "hash map")?;
+    let entries = LocalityTable::new(map, capacity).entries()?;
+    let view: Vec<LocalityView> = entries
+        .iter()
+        .map(|(ip, v)| LocalityView {
+            pod_ip: ip.to_string(),
+            gpus: v.gpus,
+            pool_member: v.flags & LOCALITY_POOL_MEMBER != 0,
+            ready: v.flags & LOCALITY_READY != 0,
+        })
+        .collect();
+    if json {
+        return Ok(serde_json::to_string_pretty(&view)?);
+    }
+    let mut t = Table::new(["POD IP", "GPUS", "POOL MEMBER", "READY"]);
+    for e in &view {
+        t.row([
+            e.pod_ip.clone(),
+            e.gpus.to_string(),
+            e.pool_member.to_string(),
+            e.ready.to_string(),
+        ]);
+    }
+    Ok(format!(
+        "{}{} of {} entries\n",
+        t.render(),
+        view.len(),
+        capacity
     ))
 }
 

@@ -82,6 +82,8 @@ pub struct Config {
     pub external_proxy: bool,
     /// The proxy's settings (its `listen` is `proxy_addr`, its mark `agent_mark`).
     pub proxy: proxy::Config,
+    /// Where the full configuration comes from (files or the Kubernetes API), if anywhere.
+    pub source: crate::kube::source::SourceArgs,
 }
 
 /// `sluice run` flags. Each falls back to its environment variable.
@@ -155,6 +157,8 @@ pub struct RunArgs {
     /// Tokenizer for models outside the known OpenAI families (o200k_base, cl100k_base, ...).
     #[arg(long = "tokenizer-fallback", env = ENV_TOKENIZER_FALLBACK, default_value = "o200k_base")]
     pub tokenizer_fallback: Encoding,
+    #[command(flatten)]
+    pub source: crate::kube::source::SourceArgs,
 }
 
 impl RunArgs {
@@ -196,6 +200,7 @@ impl RunArgs {
             admin_addr: self.admin_addr,
             external_proxy: self.external_proxy,
             proxy,
+            source: self.source,
         })
     }
 }

@@ -13,13 +13,15 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{SocketAddrV4, SocketAddrV6},
+    net::{IpAddr, SocketAddrV4, SocketAddrV6},
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use aya::{Ebpf, EbpfError, maps::MapError, programs::ProgramError};
-use sluice_common::{config::EXCLUDE_SYSTEM, counters::Counter, map_names};
+use sluice_common::{
+    config::EXCLUDE_SYSTEM, counters::Counter, locality::LocalityValue, map_names,
+};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
@@ -48,7 +50,7 @@ pub use origdst::OrigDstTable;
 pub use pin::PinDir;
 
 use self::{
-    apply::{ExcludeTable, InterceptTable},
+    apply::{ExcludeTable, InterceptTable, LocalityTable},
     cgroup::Cgroup,
     setup::{Resolved, Tables, validate},
 };
@@ -129,6 +131,7 @@ pub struct Datapath {
     proxy_cgroup: Cgroup,
     intercept: InterceptTable,
     exclude: ExcludeTable,
+    locality: LocalityTable,
     /// Exclusions from the settings and the agent itself.
     static_exclusions: BTreeMap<u64, u32>,
     /// System-scope exclusions set at run time (the pods of excluded namespaces).
@@ -213,6 +216,7 @@ impl Datapath {
             proxy_cgroup: resolved.proxy_cgroup,
             intercept: tables.intercept,
             exclude: tables.exclude,
+            locality: tables.locality,
             static_exclusions: resolved.static_exclusions,
             dynamic_exclusions: BTreeSet::new(),
             agent: tables.agent,
@@ -259,6 +263,25 @@ impl Datapath {
         let applied = result?;
         self.dynamic_exclusions = wanted;
         Ok(applied)
+    }
+
+    /// Makes `LOCALITY` hold exactly `entries` (pod IP -> accelerators), all or nothing.
+    pub fn set_locality(
+        &mut self,
+        entries: &BTreeMap<IpAddr, LocalityValue>,
+    ) -> Result<Applied, Error> {
+        let result = self.locality.apply(entries);
+        if let Err(apply::Error::MapFull { .. }) = &result
+            && let Err(e) = self.counters.bump(Counter::ConfigRejected)
+        {
+            warn!(error = %e, "counting a rejected configuration failed");
+        }
+        Ok(result?)
+    }
+
+    /// What `LOCALITY` holds.
+    pub fn locality(&self) -> Result<BTreeMap<IpAddr, LocalityValue>, Error> {
+        Ok(self.locality.entries()?)
     }
 
     /// Polls the programs' log lines on `runtime`.

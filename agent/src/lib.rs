@@ -10,6 +10,7 @@ pub mod config;
 pub mod datapath;
 pub mod identity;
 pub mod inspect;
+pub mod kube;
 pub mod proxy;
 pub mod socket;
 pub mod telemetry;

@@ -26,8 +26,24 @@ enum Command {
     Inspect(InspectArgs),
     /// Detach and remove everything the agent pinned.
     Uninstall(UninstallArgs),
+    /// Check a standalone configuration (file or directory) and print what it holds.
+    Check {
+        /// The file or directory `sluice run --config` would read.
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
+    /// Mount bpffs at /sys/fs/bpf unless one is mounted there (the DaemonSet's init container).
+    #[command(hide = true)]
+    MountBpffs,
     /// Print the version.
     Version,
+    /// Write sluice's CRDs as YAML (what `cargo xtask gen-crds` runs).
+    #[command(hide = true)]
+    Crds {
+        /// Directory to write one file per CRD into; without it, print them all to stdout.
+        #[arg(long)]
+        out_dir: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -42,6 +58,12 @@ fn main() -> ExitCode {
         Command::Version => {
             println!("sluice {}", env!("CARGO_PKG_VERSION"));
             Ok(())
+        }
+        Command::Crds { out_dir } => crds(out_dir.as_deref()),
+        Command::Check { config } => check(&config),
+        Command::MountBpffs => {
+            telemetry::init_logging();
+            sluice::datapath::pin::ensure_bpffs_mounted().context("mounting bpffs")
         }
     };
     match result {
@@ -67,5 +89,43 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(app::run(config))?;
+    Ok(())
+}
+
+fn crds(out_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    if let Some(dir) = out_dir {
+        let path = dir.join("kustomization.yaml");
+        std::fs::write(&path, sluice::kube::crds::kustomization())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    for (file, crd) in sluice::kube::crds::sluice_crds() {
+        let yaml =
+            sluice::kube::crds::to_yaml(&crd).with_context(|| format!("rendering {file}"))?;
+        match out_dir {
+            Some(dir) => {
+                let path = dir.join(file);
+                std::fs::write(&path, yaml)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("wrote {}", path.display());
+            }
+            None => print!("{yaml}"),
+        }
+    }
+    Ok(())
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let (inputs, files) = sluice::kube::standalone::load_path(path, "check")?;
+    println!(
+        "{}: {} files: {} TrafficPolicy, {} TokenBudget, {} ExternalProvider, {} InferencePool, {} Pod, {} Service",
+        path.display(),
+        files.len(),
+        inputs.policies.len(),
+        inputs.budgets.len(),
+        inputs.providers.len(),
+        inputs.pools.len(),
+        inputs.local_pods.len(),
+        inputs.services.len(),
+    );
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! [`privileged`] first, which skips them (saying why) without root, and fails them under CI.
 
 pub mod agent;
+pub mod apiserver;
 pub mod bpftool;
 pub mod cgroup;
 pub mod loopback;

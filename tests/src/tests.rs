@@ -1,11 +1,16 @@
 //! Every integration test, as modules of one binary.
 
+mod apiserver;
 mod bench;
+mod cluster;
+mod crd_cel;
+mod manifests;
 mod measure;
 pub(crate) mod proxy;
 
 mod privileged {
     mod apply;
+    mod config_source;
     mod e2e;
     mod failopen;
     mod inspect;

@@ -10,7 +10,7 @@ use crate::{cmd, setup};
 const BENCHES: &str = "tests::bench::";
 
 pub fn run() -> Result<()> {
-    setup::run()?;
+    setup::run(&setup::Options::default())?;
     if !cmd::is_root() {
         bail!("the benchmarks load eBPF programs and read bpf_stats: run as root");
     }

@@ -4,7 +4,7 @@
 use anyhow::Result;
 
 pub fn run() -> Result<()> {
-    crate::setup::run()?;
+    crate::setup::run(&crate::setup::Options::default())?;
     eprintln!(
         "demo: not yet. The end-to-end demo (a node in network namespaces, the agent \
          intercepting a real client, a model-server simulator) lands with the demo issue. \

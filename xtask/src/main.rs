@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod cmd;
+mod crds;
 mod demo;
 mod setup;
 mod test;
@@ -17,10 +18,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Verb {
-    /// Install what this machine lacks: rust-src, bpf-linker, Debian packages.
-    Setup,
+    /// Install what this machine lacks: rust-src, bpf-linker, Debian packages, the Python
+    /// venv for manifest validation.
+    Setup(setup::Options),
     /// Set up, then run fmt, clippy, and every test (privileged ones when root).
     Test(test::Options),
+    /// Regenerate crds/*.yaml from the Rust resource types.
+    GenCrds,
     /// Run the demo: a node in network namespaces, the agent, a client and a model simulator.
     Demo,
     /// Run the benchmarks (as root) and print what they measure.
@@ -30,8 +34,9 @@ enum Verb {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.verb {
-        Verb::Setup => setup::run(),
+        Verb::Setup(opts) => setup::run(&opts),
         Verb::Test(opts) => test::run(&opts),
+        Verb::GenCrds => crds::run(),
         Verb::Demo => demo::run(),
         Verb::Bench => bench::run(),
     };

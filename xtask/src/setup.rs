@@ -22,16 +22,54 @@ const PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("procps", "pkill"),
     ("redis-server", "redis-server"),
+    // The manifest tests validate deploy/ and examples/ offline with PyPI packages in a venv.
+    ("python3-venv", "python3 -m venv"),
 ];
 
-pub fn run() -> Result<()> {
+/// PyPI packages for offline manifest validation, pinned (they carry Kubernetes' schemas).
+const PYTHON_PACKAGES: &[&str] = &["kubernetes-validate==1.37.0"];
+
+/// Where the venv lives (under target/, so `cargo clean` removes it).
+pub const VENV: &str = "target/py-venv";
+
+/// `cargo xtask setup` options.
+#[derive(clap::Args, Default)]
+pub struct Options {
+    /// Only what building needs (toolchains, bpf-linker): for container builds.
+    #[arg(long)]
+    pub build_only: bool,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
     eprintln!("setup: checking what this machine has");
     nightly()?;
     rust_src()?;
     bpf_linker()?;
-    packages()?;
+    if !opts.build_only {
+        packages()?;
+        python_venv()?;
+    }
     eprintln!("setup: done");
     Ok(())
+}
+
+/// A venv with the pinned validation packages; reinstalls when the pins change.
+fn python_venv() -> Result<()> {
+    let venv = cmd::workspace_root().join(VENV);
+    let stamp = venv.join("sluice-requirements.txt");
+    let wanted = PYTHON_PACKAGES.join("\n");
+    if fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        eprintln!("setup: [found] {VENV} ({})", PYTHON_PACKAGES.join(", "));
+        return Ok(());
+    }
+    eprintln!("setup: [install] {VENV}: {}", PYTHON_PACKAGES.join(", "));
+    cmd::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    cmd::run(
+        Command::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check"])
+            .args(PYTHON_PACKAGES),
+    )?;
+    fs::write(&stamp, wanted).with_context(|| format!("writing {}", stamp.display()))
 }
 
 fn nightly() -> Result<()> {

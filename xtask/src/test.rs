@@ -20,14 +20,28 @@ pub struct Options {
 const PRIVILEGED: &str = "privileged::";
 
 /// Duplicate crate versions we accept, each with the reason. Anything else fails the run.
-const ALLOWED_DUPLICATES: &[(&str, &str)] = &[(
-    "syn",
-    "the ecosystem is mid-migration: serde_derive and clap_derive use syn 3, while thiserror, \
-     tokio, tracing and aya's proc macros still use syn 2 (build-time only)",
-)];
+const ALLOWED_DUPLICATES: &[(&str, &str)] = &[
+    (
+        "syn",
+        "the ecosystem is mid-migration: serde_derive and clap_derive use syn 3, while thiserror, \
+         tokio, tracing and aya's proc macros still use syn 2 (build-time only)",
+    ),
+    (
+        "base64",
+        "kube-client 5 uses base64 0.23 while k8s-openapi 0.29 (which kube itself pins) uses 0.22",
+    ),
+    (
+        "getrandom",
+        "ring 0.17 (rustls' provider) requires getrandom 0.2; ahash 0.8 (kube-runtime) requires 0.3",
+    ),
+    (
+        "hashbrown",
+        "kube-runtime 5 requires hashbrown 0.16, aya 0.14 (pinned) requires 0.17",
+    ),
+];
 
 pub fn run(opts: &Options) -> Result<()> {
-    setup::run()?;
+    setup::run(&setup::Options::default())?;
     if !opts.no_lint {
         lint()?;
     }

@@ -1,5 +1,5 @@
-//! Transactional updates of the configuration maps (`INTERCEPT`, `EXCLUDE`) while the
-//! datapath runs.
+//! Transactional updates of the configuration maps (`INTERCEPT`, `EXCLUDE`, `LOCALITY`) while
+//! the datapath runs.
 //!
 //! An update computes the difference between what the map holds and what the configuration
 //! wants, rejects it before writing anything when the result would not fit (naming the map and
@@ -11,9 +11,12 @@
 use std::collections::BTreeMap;
 
 use aya::maps::{HashMap, LpmTrie, MapData, MapError, lpm_trie::Key};
+use std::net::IpAddr;
+
 use sluice_common::{
     config::Exclusion,
-    intercept::{InterceptKey, InterceptRule as RuleValue},
+    intercept::{InterceptKey, InterceptRule as RuleValue, v4_mapped},
+    locality::{LocalityKey, LocalityValue},
     map_names,
 };
 use tracing::{debug, warn};
@@ -204,6 +207,69 @@ impl Table for ExcludeTable {
     fn delete(&mut self, k: &u64) -> Result<(), MapError> {
         self.map.remove(k)
     }
+}
+
+/// `LOCALITY`: pod IP -> accelerators, from the pod cache.
+pub struct LocalityTable {
+    map: HashMap<MapData, LocalityKey, LocalityValue>,
+    capacity: u32,
+}
+
+// === impl LocalityTable ===
+
+impl LocalityTable {
+    pub fn new(map: HashMap<MapData, LocalityKey, LocalityValue>, capacity: u32) -> Self {
+        Self { map, capacity }
+    }
+
+    /// Makes the map hold exactly `entries`.
+    pub fn apply(&mut self, entries: &BTreeMap<IpAddr, LocalityValue>) -> Result<Applied, Error> {
+        let desired = entries
+            .iter()
+            .map(|(ip, v)| (locality_key(*ip), *v))
+            .collect();
+        let capacity = self.capacity;
+        transact(self, desired, capacity)
+    }
+
+    /// What the map holds.
+    pub fn entries(&self) -> Result<BTreeMap<IpAddr, LocalityValue>, Error> {
+        let raw = <Self as Table>::entries(self).map_err(|source| Error::Read {
+            map: map_names::LOCALITY,
+            source,
+        })?;
+        Ok(raw
+            .into_iter()
+            .map(|(k, v)| (IpAddr::V6(k.addr.into()).to_canonical(), v))
+            .collect())
+    }
+}
+
+impl Table for LocalityTable {
+    type K = LocalityKey;
+    type V = LocalityValue;
+    const NAME: &'static str = map_names::LOCALITY;
+
+    fn entries(&self) -> Result<BTreeMap<LocalityKey, LocalityValue>, MapError> {
+        self.map.iter().collect()
+    }
+
+    fn put(&mut self, k: &LocalityKey, v: LocalityValue) -> Result<(), MapError> {
+        self.map.insert(k, v, 0)
+    }
+
+    fn delete(&mut self, k: &LocalityKey) -> Result<(), MapError> {
+        self.map.remove(k)
+    }
+}
+
+/// IPv4 is stored IPv4-mapped, as everywhere in the datapath's maps.
+pub fn locality_key(ip: IpAddr) -> LocalityKey {
+    let addr = match ip {
+        IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6.octets(),
+    };
+    LocalityKey { addr }
 }
 
 /// Brings `table` to `desired`, all or nothing.

@@ -15,13 +15,14 @@ use aya::maps::{Map, MapData, MapError, MapInfo};
 use sluice_common::map_names;
 
 /// The maps the agent pins (every map of the object except aya's internal data sections).
-pub const PINNED: [&str; 8] = [
+pub const PINNED: [&str; 9] = [
     map_names::INTERCEPT,
     map_names::CONFIG,
     map_names::AGENT,
     map_names::EXCLUDE,
     map_names::SOCKETS,
     map_names::ORIG_DST,
+    map_names::LOCALITY,
     map_names::COUNTERS,
     map_names::AYA_LOGS,
 ];

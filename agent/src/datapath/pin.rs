@@ -171,7 +171,7 @@ fn check_bpffs(path: &Path) -> Result<(), Error> {
 /// Mounts bpffs at `/sys/fs/bpf` unless it already is one. The check and the mount happen under
 /// a lock on the mount point, so two agents starting together never stack two mounts (the
 /// second would hide the first one's pins).
-fn ensure_bpffs_mounted() -> Result<(), Error> {
+pub fn ensure_bpffs_mounted() -> Result<(), Error> {
     let mount_point = Path::new(BPFFS);
     if sys::fs_magic(mount_point).ok() == Some(sys::BPF_FS_MAGIC) {
         return Ok(());

@@ -14,7 +14,7 @@ use sluice_common::{
 
 use super::{
     AgentMap, Counters, Error, Rule, Settings,
-    apply::{ExcludeTable, InterceptTable},
+    apply::{ExcludeTable, InterceptTable, LocalityTable},
     cgroup::Cgroup,
     intercept, load, maps, sys,
 };
@@ -33,6 +33,7 @@ pub(super) struct Resolved {
 pub(super) struct Tables {
     pub(super) intercept: InterceptTable,
     pub(super) exclude: ExcludeTable,
+    pub(super) locality: LocalityTable,
     pub(super) agent: AgentMap,
     pub(super) counters: Counters,
 }
@@ -85,6 +86,12 @@ impl Tables {
             capacity(map_names::INTERCEPT),
         );
         intercept.apply(rules)?;
+        // Adopted as it is: after a restart the pinned entries stay until the configuration
+        // source delivers the state that replaces them.
+        let locality = LocalityTable::new(
+            load::take(ebpf, map_names::LOCALITY)?,
+            capacity(map_names::LOCALITY),
+        );
         let agent = AgentMap::new(load::take(ebpf, map_names::AGENT)?);
         agent.set_stale_after(settings.stale_after)?;
         let counters = Counters::new(load::take(ebpf, map_names::COUNTERS)?);
@@ -97,6 +104,7 @@ impl Tables {
         Ok(Self {
             intercept,
             exclude,
+            locality,
             agent,
             counters,
         })

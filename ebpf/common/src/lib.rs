@@ -9,6 +9,7 @@ pub mod agent;
 pub mod config;
 pub mod counters;
 pub mod intercept;
+pub mod locality;
 pub mod origdst;
 
 /// Names of the maps as the kernel, `bpftool` and the pin directory show them (at most 15
@@ -21,6 +22,7 @@ pub mod map_names {
     pub const EXCLUDE: &str = "EXCLUDE";
     pub const SOCKETS: &str = "SOCKETS";
     pub const ORIG_DST: &str = "ORIG_DST";
+    pub const LOCALITY: &str = "LOCALITY";
     /// aya-log's ring buffer. Pinned with the rest, so programs adopted after a restart keep
     /// logging to the buffer the new agent reads.
     pub const AYA_LOGS: &str = "AYA_LOGS";

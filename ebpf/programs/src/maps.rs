@@ -11,6 +11,7 @@ use sluice_common::{
     config::{DatapathConfig, Exclusion},
     counters::Counter,
     intercept::{InterceptKey, InterceptRule},
+    locality::{LocalityKey, LocalityValue},
     origdst::{ConnKey, OrigDst},
 };
 
@@ -48,6 +49,12 @@ pub static SOCKETS: LruHashMap<u64, OrigDst, 16384> = LruHashMap::new();
 /// the proxy refuse that connection (counted), never guess its destination.
 #[btf_map]
 pub static ORIG_DST: LruHashMap<ConnKey, OrigDst, 65536> = LruHashMap::new();
+
+/// Model-serving pods on this node and their accelerators (pod IP -> GPUs, flags), kept by the
+/// agent from its pod cache. A hash, never LRU: a silently evicted entry would make routing
+/// forget a local GPU. 4096 is far above the pods one node runs (the kubelet's default is 110).
+#[btf_map]
+pub static LOCALITY: HashMap<LocalityKey, LocalityValue, 4096> = HashMap::new();
 
 /// Per-CPU counters indexed by `Counter`.
 #[btf_map]
