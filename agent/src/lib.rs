@@ -8,4 +8,5 @@ pub mod app;
 pub mod config;
 pub mod datapath;
 pub mod identity;
+pub mod quota;
 pub mod telemetry;

@@ -8,12 +8,14 @@
 pub mod config;
 pub mod counters;
 pub mod intercept;
+pub mod quota;
 
 /// Names of the maps as the kernel and `bpftool` show them (at most 15 characters).
 pub mod map_names {
     pub const INTERCEPT: &str = "INTERCEPT";
     pub const CONFIG: &str = "CONFIG";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const QUOTA: &str = "QUOTA";
 }
 
 /// Names of the programs in the object (at most 15 characters, `BPF_OBJ_NAME_LEN`).
