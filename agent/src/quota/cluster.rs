@@ -16,7 +16,9 @@
 //! one log line per transition) and enforces each cluster counter on its own, up to the larger
 //! of its claim and its share (`limit / expected_nodes`). It probes the store every
 //! `retry_interval`; once the store answers, it writes every counter's spending back as a
-//! claim floor (forced, never double-counted: the floor is absolute) and resumes leasing.
+//! claim floor (forced, never double-counted: the floor is absolute), takes no new lease for
+//! `recovery_grace` (so every node's outage spending is on record before anyone leases again)
+//! and then resumes leasing.
 //!
 //! # Bounds
 //! With the store healthy, claims never exceed the cluster limit except by what nodes spent on
@@ -57,6 +59,11 @@ pub struct ClusterConfig {
     pub op_timeout: Duration,
     /// How often an unreachable store is probed.
     pub retry_interval: Duration,
+    /// After an outage, for this long every node only writes back what it spent on its own
+    /// and takes no new lease, so that a node that recovers first cannot lease tokens another
+    /// node already spent during the outage. Longer than `retry_interval`, so every node that
+    /// can reach the store again has probed it and written its floor.
+    pub recovery_grace: Duration,
     /// Prefix of every key in the store.
     pub key_prefix: String,
 }
@@ -146,6 +153,7 @@ impl ClusterConfig {
             lease_wait: Duration::from_millis(50),
             op_timeout: Duration::from_millis(500),
             retry_interval: Duration::from_secs(1),
+            recovery_grace: Duration::from_secs(3),
             key_prefix: Self::DEFAULT_KEY_PREFIX.to_owned(),
         }
     }

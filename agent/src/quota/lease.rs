@@ -186,7 +186,15 @@ impl Counter {
     /// The request this counter should send to the store now, if any. Marks it in flight:
     /// the caller must send it and later call [`Counter::apply_lease`] or
     /// [`Counter::lease_failed`].
-    pub fn plan_lease(&mut self, now_ms: u64, policy: &LeasePolicy) -> Option<LeaseOp> {
+    ///
+    /// With `grant` false (just after an outage) only a floor is written, never a new grant:
+    /// see [`super::cluster`] on recovery.
+    pub fn plan_lease(
+        &mut self,
+        now_ms: u64,
+        policy: &LeasePolicy,
+        grant: bool,
+    ) -> Option<LeaseOp> {
         self.roll(now_ms);
         let charged = self.charged();
         let index = self.index();
@@ -201,8 +209,21 @@ impl Counter {
         let free = lease.granted.saturating_sub(charged);
         let forced = !lease.known || charged > lease.granted;
         let low = free < want.div_ceil(2) && now_ms >= lease.quiet_until_ms;
-        let surplus = free > want.saturating_mul(4) && end - now_ms > policy.horizon_ms;
-        let op = if forced || low || surplus {
+        // Hand back only what a whole horizon of calm says is surplus (no acquire/release
+        // flapping), and not near the window's end where the key expires anyway.
+        let surplus = free > want.saturating_mul(4)
+            && now_ms >= lease.mark_ms + policy.horizon_ms
+            && end - now_ms > policy.horizon_ms;
+        let op = if !grant {
+            if !forced {
+                return None;
+            }
+            LeaseOp {
+                index,
+                floor: charged,
+                desired: charged.max(lease.granted),
+            }
+        } else if forced || low || surplus {
             LeaseOp {
                 index,
                 floor: charged,

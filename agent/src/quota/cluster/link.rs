@@ -6,10 +6,10 @@
 use std::{
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::mpsc;
@@ -52,6 +52,9 @@ struct Shared {
     policy: LeasePolicy,
     degraded: AtomicBool,
     closing: AtomicBool,
+    /// Until this time (ns since `epoch`) after an outage, ops write floors and grant nothing.
+    grace_until_ns: AtomicU64,
+    epoch: Instant,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
     backend: Arc<dyn LeaseBackend>,
@@ -77,6 +80,8 @@ impl Link {
             config,
             degraded: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            grace_until_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
             clock,
             metrics,
             backend,
@@ -182,7 +187,7 @@ impl Shared {
         counter: &mut Counter,
         now_ms: u64,
     ) -> Option<PlannedOp> {
-        let op = counter.plan_lease(now_ms, &self.policy)?;
+        let op = counter.plan_lease(now_ms, &self.policy, !self.in_grace())?;
         Some(self.planned(instance, index, counter, op))
     }
 
@@ -261,8 +266,11 @@ impl Shared {
                         }
                         None => break,
                     },
-                    _ = probe.tick(), if self.degraded.load(Ordering::Acquire) => {
-                        Arc::clone(&self).probe().await;
+                    // Always armed: the flag may flip while this select waits.
+                    _ = probe.tick() => {
+                        if self.degraded.load(Ordering::Acquire) {
+                            Arc::clone(&self).probe().await;
+                        }
                     }
                 }
             }
@@ -339,13 +347,23 @@ impl Shared {
         }
     }
 
-    /// Records a transition; true when the state changed (so the caller logs once).
+    /// Records a transition; true when the state changed (so the caller logs once). Leaving
+    /// an outage starts the recovery grace.
     fn set_degraded(&self, degraded: bool) -> bool {
+        if !degraded && self.degraded.load(Ordering::Acquire) {
+            let until = self.epoch.elapsed() + self.config.recovery_grace;
+            self.grace_until_ns
+                .store(until.as_nanos() as u64, Ordering::Release);
+        }
         let changed = self.degraded.swap(degraded, Ordering::AcqRel) != degraded;
         if changed {
             self.metrics.store_degraded.set(i64::from(degraded));
         }
         changed
+    }
+
+    fn in_grace(&self) -> bool {
+        (self.epoch.elapsed().as_nanos() as u64) < self.grace_until_ns.load(Ordering::Acquire)
     }
 }
 

@@ -61,6 +61,21 @@ impl MemoryBackend {
             .sum()
     }
 
+    /// Every key with each node's claim (for test diagnostics).
+    pub fn dump(&self) -> Vec<(String, Vec<(String, u64)>)> {
+        let keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out: Vec<_> = keys
+            .iter()
+            .map(|(k, h)| {
+                let mut claims: Vec<_> = h.iter().map(|(n, c)| (n.clone(), *c)).collect();
+                claims.sort();
+                (k.clone(), claims)
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     fn apply(&self, key: &LeaseKey, node: &str, op: LeaseOp) -> Result<LeaseReply, StoreError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable);
