@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod redis;
 pub mod responder;
 
 #[cfg(test)]

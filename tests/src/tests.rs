@@ -3,3 +3,5 @@
 mod privileged {
     mod redirect;
 }
+
+mod quota_cluster;

@@ -78,8 +78,9 @@ pub struct LeaseKey {
     pub index: u64,
     /// The cluster-wide limit.
     pub limit: u64,
-    /// When the store may forget the key (Unix ms): the window's end plus a grace period.
-    pub expire_at_ms: u64,
+    /// How long the store keeps the key, from now: to the window's end plus a grace period.
+    /// Relative, so a node clock that runs behind the store's cannot expire keys early.
+    pub ttl_ms: u64,
 }
 
 /// A cluster store.
@@ -267,7 +268,7 @@ mod tests {
             window_secs: 60,
             index: 29_000_000,
             limit: 10,
-            expire_at_ms: 0,
+            ttl_ms: 0,
         };
         assert_eq!(
             k.name("p"),

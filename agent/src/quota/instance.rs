@@ -8,7 +8,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    hash::{BuildHasher, Hash, Hasher},
+    hash::BuildHasher,
     sync::{
         Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -59,8 +59,10 @@ pub(crate) struct InstanceState {
     pub retired: bool,
 }
 
+type Shard = RwLock<HashMap<InstanceKey, Arc<Instance>>>;
+
 pub(crate) struct Registry {
-    shards: Box<[RwLock<HashMap<InstanceKey, Arc<Instance>>>]>,
+    shards: Box<[Shard]>,
     hasher: std::hash::RandomState,
     count: AtomicUsize,
 }
@@ -180,10 +182,8 @@ impl Registry {
         }
     }
 
-    fn shard(&self, key: &InstanceKey) -> &RwLock<HashMap<InstanceKey, Arc<Instance>>> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.shards[h.finish() as usize % SHARDS]
+    fn shard(&self, key: &InstanceKey) -> &Shard {
+        &self.shards[self.hasher.hash_one(key) as usize % SHARDS]
     }
 
     pub fn get(&self, key: &InstanceKey) -> Option<Arc<Instance>> {

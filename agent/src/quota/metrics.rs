@@ -31,9 +31,12 @@ pub struct Metrics {
     pub(crate) store_degraded: IntGauge,
     pub(crate) store_ops: IntCounterVec,
     pub(crate) instances: IntGauge,
-    handles: Arc<RwLock<HashMap<(u64, u64), Arc<Handles>>>>,
+    handles: Arc<RwLock<HandleMap>>,
     other: Arc<Handles>,
 }
+
+/// (tenant id, model id) -> counters.
+type HandleMap = HashMap<(u64, u64), Arc<Handles>>;
 
 /// The counters of one (tenant, model) pair, resolved once so the request path does not hash
 /// label values.
@@ -144,6 +147,18 @@ impl Metrics {
             ))
         });
         Arc::clone(handles)
+    }
+}
+
+impl Metrics {
+    /// Lease operations so far with this result (`ok` or `error`).
+    pub fn store_operations(&self, result: &str) -> u64 {
+        self.store_ops.with_label_values(&[result]).get()
+    }
+
+    /// Whether the cluster store is marked unreachable.
+    pub fn store_degraded(&self) -> bool {
+        self.store_degraded.get() != 0
     }
 }
 

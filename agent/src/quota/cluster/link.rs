@@ -188,7 +188,7 @@ impl Shared {
         now_ms: u64,
     ) -> Option<PlannedOp> {
         let op = counter.plan_lease(now_ms, &self.policy, !self.in_grace())?;
-        Some(self.planned(instance, index, counter, op))
+        Some(self.planned(instance, index, counter, op, now_ms))
     }
 
     fn planned(
@@ -197,6 +197,7 @@ impl Shared {
         index: usize,
         counter: &Counter,
         op: LeaseOp,
+        now_ms: u64,
     ) -> PlannedOp {
         let window = counter.window;
         PlannedOp {
@@ -209,7 +210,7 @@ impl Shared {
                 window_secs: window.secs(),
                 index: op.index,
                 limit: counter.limit,
-                expire_at_ms: window.end_ms(op.index) + LeaseKey::GRACE_MS,
+                ttl_ms: window.end_ms(op.index).saturating_sub(now_ms) + LeaseKey::GRACE_MS,
             },
             op,
         }
@@ -234,7 +235,7 @@ impl Shared {
             floor: charged,
             desired: charged,
         };
-        Some(self.planned(instance, index, counter, op))
+        Some(self.planned(instance, index, counter, op, now_ms))
     }
 
     fn run(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Msg>) {

@@ -15,7 +15,7 @@ use super::{
 };
 
 /// [`super::apply_claim`] in Lua. KEYS[1]: the counter's hash for one window.
-/// ARGV: node field, floor, desired, limit, expire-at (Unix ms). Returns {before, after, total}.
+/// ARGV: node field, floor, desired, limit, time to live (ms). Returns {before, after, total}.
 /// Numbers stay far below 2^53 (limits are at most 2^48), so Lua's doubles are exact.
 const CLAIM: &str = r#"
 local mine = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
@@ -42,7 +42,7 @@ elseif desired < claim then
   claim = desired
 end
 redis.call('HSET', KEYS[1], ARGV[1], claim, '_total', total)
-redis.call('PEXPIREAT', KEYS[1], ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return {mine, claim, total}
 "#;
 
@@ -136,7 +136,7 @@ impl RedisBackend {
             .arg(op.floor)
             .arg(op.desired)
             .arg(key.limit)
-            .arg(key.expire_at_ms)
+            .arg(key.ttl_ms.max(1))
             .invoke_async(&mut conn)
             .await;
         let values = match result {

@@ -147,7 +147,7 @@ fn an_outage_falls_back_to_the_node_share_and_recovers_without_double_spend() {
             }
         }
         assert!(n.degraded(), "node {i} noticed the outage");
-        assert_eq!(n.metrics().store_degraded.get(), 1);
+        assert_eq!(u8::from(n.metrics().store_degraded()), 1);
         let s = state(n, "t", Dimension::TotalTokens);
         assert_eq!(s.flags & FLAG_DEGRADED, FLAG_DEGRADED);
         // Each node keeps serving, within its share of the cluster budget.
@@ -166,7 +166,7 @@ fn an_outage_falls_back_to_the_node_share_and_recovers_without_double_spend() {
     // Past the grace, leasing resumes: the window's budget is spent, so nothing is granted.
     thread::sleep(Duration::from_millis(250));
     assert!(!spend(&nodes[0]) && !spend(&nodes[1]));
-    assert_eq!(nodes[0].metrics().store_degraded.get(), 0);
+    assert_eq!(u8::from(nodes[0].metrics().store_degraded()), 0);
     let window = format!(":{}", super::T0 / 3_600_000 + 1);
     let total = backend.total_matching(&window);
     assert_eq!(
