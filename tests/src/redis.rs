@@ -39,13 +39,18 @@ impl RedisServer {
                 self.child = Some(child);
                 return;
             }
-            assert!(Instant::now() < deadline, "redis-server did not restart on {}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart on {}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     fn try_start(test: &str, port: u16) -> Option<Self> {
-        let dir = std::env::temp_dir().join(format!("sluice-redis-{}-{port}", crate::unique_name(test)));
+        let dir =
+            std::env::temp_dir().join(format!("sluice-redis-{}-{port}", crate::unique_name(test)));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
         let child = spawn(port, &dir);
         let server = Self { child, port, dir };
@@ -75,7 +80,11 @@ impl RedisServer {
             .args(args)
             .output()
             .unwrap_or_else(|e| panic!("running redis-cli (installed with redis-server): {e}"));
-        assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "redis-cli {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
@@ -102,7 +111,14 @@ fn spawn(port: u16, dir: &std::path::Path) -> Option<Child> {
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .arg("--dir")
         .arg(dir)
-        .args(["--save", "", "--appendonly", "no", "--protected-mode", "yes"])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -124,7 +140,8 @@ fn spawn(port: u16, dir: &std::path::Path) -> Option<Child> {
 }
 
 fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("binding a loopback port: {e}"));
+    let listener =
+        TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("binding a loopback port: {e}"));
     listener
         .local_addr()
         .unwrap_or_else(|e| panic!("local_addr: {e}"))

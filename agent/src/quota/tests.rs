@@ -19,6 +19,7 @@ use crate::{
     identity::{Identity, PodIdentity},
 };
 
+mod bench;
 mod cluster;
 mod concurrency;
 

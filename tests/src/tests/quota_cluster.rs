@@ -119,8 +119,7 @@ fn eventually(what: &str, mut done: impl FnMut() -> bool) {
 #[test]
 fn the_claim_script_matches_its_reference_model() {
     let redis = RedisServer::start("claim-script");
-    let backend = RedisBackend::new(&cluster_config(&redis, "n"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let backend = RedisBackend::new(&cluster_config(&redis, "n")).unwrap_or_else(|e| panic!("{e}"));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -149,14 +148,22 @@ fn the_claim_script_matches_its_reference_model() {
     let mut total = 0;
     runtime.block_on(async {
         for (node, floor, desired) in ops {
-            let op = LeaseOp { index: 1, floor, desired };
+            let op = LeaseOp {
+                index: 1,
+                floor,
+                desired,
+            };
             let reply = backend
                 .claim(&key, node, op)
                 .await
                 .unwrap_or_else(|e| panic!("claim: {e}"));
             let mine = claims.get(node).copied().unwrap_or(0);
             let (after, new_total) = apply_claim(mine, total, &op, key.limit);
-            assert_eq!((reply.before, reply.after, reply.total), (mine, after, new_total), "{node} {op:?}");
+            assert_eq!(
+                (reply.before, reply.after, reply.total),
+                (mine, after, new_total),
+                "{node} {op:?}"
+            );
             claims.insert(node, after);
             total = new_total;
         }
@@ -171,17 +178,29 @@ fn the_claim_script_matches_its_reference_model() {
 fn two_nodes_sharing_one_redis_budget_never_admit_more_than_it() {
     let redis = RedisServer::start("two-nodes");
     let clock = ManualClock::new(T0);
-    let nodes = [node(&redis, "node-a", &clock), node(&redis, "node-b", &clock)];
+    let nodes = [
+        node(&redis, "node-a", &clock),
+        node(&redis, "node-b", &clock),
+    ];
     let admitted: Vec<u64> = thread::scope(|s| {
         let workers: Vec<_> = nodes
             .iter()
             .map(|n| s.spawn(move || (0..150).filter(|_| spend(n)).count() as u64))
             .collect();
-        workers.into_iter().map(|w| w.join().unwrap_or_else(|_| panic!("worker panicked"))).collect()
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_else(|_| panic!("worker panicked")))
+            .collect()
     });
     let requests: u64 = admitted.iter().sum();
-    assert!(requests * 100 <= LIMIT, "{admitted:?} x 100 tokens > {LIMIT}");
-    assert!(requests * 100 >= LIMIT - 200, "leases stranded too much: {admitted:?}");
+    assert!(
+        requests * 100 <= LIMIT,
+        "{admitted:?} x 100 tokens > {LIMIT}"
+    );
+    assert!(
+        requests * 100 >= LIMIT - 200,
+        "leases stranded too much: {admitted:?}"
+    );
     let ops: u64 = nodes
         .iter()
         .map(|n| n.metrics().store_operations("ok"))
@@ -202,7 +221,10 @@ fn two_nodes_sharing_one_redis_budget_never_admit_more_than_it() {
 fn killing_redis_keeps_both_nodes_serving_within_their_shares_and_recovery_reconciles() {
     let mut redis = RedisServer::start("outage");
     let clock = ManualClock::new(T0);
-    let nodes = [node(&redis, "node-a", &clock), node(&redis, "node-b", &clock)];
+    let nodes = [
+        node(&redis, "node-a", &clock),
+        node(&redis, "node-b", &clock),
+    ];
     for n in &nodes {
         for _ in 0..10 {
             assert!(spend(n));
@@ -214,7 +236,10 @@ fn killing_redis_keeps_both_nodes_serving_within_their_shares_and_recovery_recon
     for (i, n) in nodes.iter().enumerate() {
         let served = (0..100).filter(|_| spend(n)).count();
         assert!(n.degraded(), "node {i} noticed the outage");
-        assert_eq!(served, 50, "node {i} serves exactly its share (5000 tokens)");
+        assert_eq!(
+            served, 50,
+            "node {i} serves exactly its share (5000 tokens)"
+        );
         assert_eq!(used(n), LIMIT / 2);
     }
     redis.restart();
@@ -225,7 +250,10 @@ fn killing_redis_keeps_both_nodes_serving_within_their_shares_and_recovery_recon
     let window = format!("sluice:quota:*:{}", T0 / 3_600_000 + 1);
     eventually("reconciled", || redis.total(&window) >= LIMIT);
     thread::sleep(Duration::from_millis(300)); // past the recovery grace
-    assert!(!spend(&nodes[0]) && !spend(&nodes[1]), "the window's budget is spent");
+    assert!(
+        !spend(&nodes[0]) && !spend(&nodes[1]),
+        "the window's budget is spent"
+    );
     assert_eq!(redis.total(&window), LIMIT, "no double spend");
 }
 
@@ -236,7 +264,9 @@ pub(crate) mod privileged {
     /// agent's own traffic: the kernel shows the mark on the lease connection.
     #[test]
     fn the_store_connection_carries_the_agent_mark() {
-        if !crate::privileged("quota_cluster::privileged::the_store_connection_carries_the_agent_mark") {
+        if !crate::privileged(
+            "quota_cluster::privileged::the_store_connection_carries_the_agent_mark",
+        ) {
             return;
         }
         let redis = RedisServer::start("mark");
@@ -244,11 +274,20 @@ pub(crate) mod privileged {
         let quota = node(&redis, "node-a", &clock);
         assert!(spend(&quota));
         let out = std::process::Command::new("ss")
-            .args(["-tnHe", "state", "established", "dst", &format!("127.0.0.1:{}", redis.port())])
+            .args([
+                "-tnHe",
+                "state",
+                "established",
+                "dst",
+                &format!("127.0.0.1:{}", redis.port()),
+            ])
             .output()
             .unwrap_or_else(|e| panic!("running ss (iproute2): {e}"));
         let out = String::from_utf8_lossy(&out.stdout);
         let mark = format!("fwmark:{:#x}", sluice::config::DEFAULT_AGENT_MARK);
-        assert!(out.contains(&mark), "no {mark} on the store connection:\n{out}");
+        assert!(
+            out.contains(&mark),
+            "no {mark} on the store connection:\n{out}"
+        );
     }
 }
