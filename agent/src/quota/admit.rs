@@ -1,6 +1,9 @@
 //! Admission: reserve on every applicable counter atomically, or refuse with OpenAI's 429.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, MutexGuard},
+    time::Duration,
+};
 
 use sluice_common::quota::Dimension;
 
@@ -9,7 +12,7 @@ use super::{
     cluster::PlannedOp,
     counter::Counter,
     headers::{self, Tightest, View},
-    instance::Instance,
+    instance::{Instance, InstanceState},
     settle::{Reserved, Settlement},
     tenant::Tenant,
 };
@@ -22,14 +25,15 @@ struct Refusal {
     retry_after_ms: u64,
     input_dependent: bool,
     /// A cluster counter whose lease ran dry while the cluster still has tokens: worth
-    /// waiting for the lease (index into the request's instances, counter index).
-    lease: Option<(usize, usize)>,
+    /// waiting for the lease (index into the request's instances, counter index, and the
+    /// lease's reply count when it refused).
+    lease: Option<(usize, usize, u64)>,
     tightest: Tightest,
 }
 
 enum Outcome {
     Admitted(Vec<Vec<Reserved>>, Tightest),
-    Refused(Refusal),
+    Refused(Box<Refusal>),
 }
 
 /// What a request asks of each budget.
@@ -58,7 +62,9 @@ pub(super) fn admit(
         input: request.prompt.upper_bound(),
     };
     let mut counted = false;
-    let mut waited = false;
+    // A dry lease is waited for, off the common path, until this deadline: a request may
+    // have to wait for an op already in flight (a prefetch, say) and then for its own.
+    let mut lease_deadline: Option<std::time::Instant> = None;
     loop {
         match reserve(inner, &instances, &ask, now) {
             Outcome::Admitted(reserved, tightest) => {
@@ -76,11 +82,20 @@ pub(super) fn admit(
                         continue;
                     }
                 }
-                if let (Some((i, c)), false) = (refusal.lease, waited) {
-                    waited = true;
-                    wait_for_lease(inner, &instances[i], c);
-                    now = inner.clock.now_ms();
-                    continue;
+                if let Some((i, c, seen)) = refusal.lease {
+                    let deadline = *lease_deadline.get_or_insert_with(|| {
+                        std::time::Instant::now()
+                            + inner
+                                .cluster
+                                .as_ref()
+                                .map_or(Duration::ZERO, |l| l.lease_wait())
+                    });
+                    if std::time::Instant::now() < deadline
+                        && wait_for_lease(&instances[i], c, seen, deadline)
+                    {
+                        now = inner.clock.now_ms();
+                        continue;
+                    }
                 }
                 handles.rejected.inc();
                 handles
@@ -100,9 +115,48 @@ pub(super) fn admit(
 fn reserve(inner: &Inner, instances: &[Arc<Instance>], ask: &Ask<'_>, now: u64) -> Outcome {
     let degraded = inner.degraded();
     let mut guards: Vec<_> = instances.iter().map(|i| i.lock()).collect();
+    let mut ops = Vec::new();
+    let outcome = match check(inner, instances, &mut guards, ask, now, degraded) {
+        Err(refusal) => {
+            if let Some((i, c, _)) = refusal.lease {
+                let output = output_for(ask.request, &instances[i], inner);
+                ops.extend(ask_for_lease(
+                    inner,
+                    &instances[i],
+                    &mut guards[i].counters[c],
+                    c,
+                    ask.input,
+                    output,
+                    now,
+                ));
+            }
+            Outcome::Refused(refusal)
+        }
+        Ok(()) => {
+            let (reserved, tightest) =
+                commit(inner, instances, &mut guards, ask, now, degraded, &mut ops);
+            Outcome::Admitted(reserved, tightest)
+        }
+    };
+    drop(guards);
+    send(inner, ops);
+    outcome
+}
+
+type Guards<'a> = [MutexGuard<'a, InstanceState>];
+
+/// Rolls every counter to now and checks that the request fits on all of them.
+fn check(
+    inner: &Inner,
+    instances: &[Arc<Instance>],
+    guards: &mut Guards<'_>,
+    ask: &Ask<'_>,
+    now: u64,
+    degraded: bool,
+) -> Result<(), Box<Refusal>> {
     let mut refusal: Option<Refusal> = None;
     let mut tightest = Tightest::default();
-    for (i, (instance, guard)) in instances.iter().zip(&mut guards).enumerate() {
+    for (i, (instance, guard)) in instances.iter().zip(guards.iter_mut()).enumerate() {
         let output = output_for(ask.request, instance, inner);
         for (c, counter) in guard.counters.iter_mut().enumerate() {
             counter.roll(now);
@@ -125,51 +179,63 @@ fn reserve(inner: &Inner, instances: &[Arc<Instance>], ask: &Ask<'_>, now: u64) 
             }
         }
     }
-    let mut ops = Vec::new();
-    let outcome = match refusal {
+    match refusal {
+        None => Ok(()),
         Some(mut refusal) => {
             refusal.tightest = tightest;
-            if let (Some(link), Some((i, c))) = (&inner.cluster, refusal.lease) {
-                let counter = &mut guards[i].counters[c];
-                if let Some(lease) = counter.lease.as_mut() {
-                    let r = reservation(
-                        counter.dim,
-                        ask.input,
-                        output_for(ask.request, &instances[i], inner),
-                    );
-                    lease.shortfall = lease.shortfall.max(r);
-                }
-                ops.extend(link.plan(&instances[i], c, counter, now));
-            }
-            Outcome::Refused(refusal)
+            Err(Box::new(refusal))
         }
-        None => {
-            let mut reserved = Vec::with_capacity(instances.len());
-            let mut tightest = Tightest::default();
-            for (instance, guard) in instances.iter().zip(&mut guards) {
-                let output = output_for(ask.request, instance, inner);
-                let mut parts = Vec::with_capacity(guard.counters.len());
-                for (c, counter) in guard.counters.iter_mut().enumerate() {
-                    let r = reservation(counter.dim, ask.input, output);
-                    counter.reserve(r);
-                    parts.push(Reserved::new(c, r, counter.index()));
-                    tightest.add(
-                        counter.dim == Dimension::Requests,
-                        view(counter, now, degraded),
-                    );
-                    if let Some(link) = &inner.cluster {
-                        ops.extend(link.plan(instance, c, counter, now));
-                    }
-                }
-                instance.mark_dirty();
-                reserved.push(parts);
+    }
+}
+
+/// Reserves on every counter (all fit: [`check`] said so under the same locks).
+fn commit(
+    inner: &Inner,
+    instances: &[Arc<Instance>],
+    guards: &mut Guards<'_>,
+    ask: &Ask<'_>,
+    now: u64,
+    degraded: bool,
+    ops: &mut Vec<PlannedOp>,
+) -> (Vec<Vec<Reserved>>, Tightest) {
+    let mut reserved = Vec::with_capacity(instances.len());
+    let mut tightest = Tightest::default();
+    for (instance, guard) in instances.iter().zip(guards.iter_mut()) {
+        let output = output_for(ask.request, instance, inner);
+        let mut parts = Vec::with_capacity(guard.counters.len());
+        for (c, counter) in guard.counters.iter_mut().enumerate() {
+            let r = reservation(counter.dim, ask.input, output);
+            counter.reserve(r);
+            parts.push(Reserved::new(c, r, counter.index()));
+            tightest.add(
+                counter.dim == Dimension::Requests,
+                view(counter, now, degraded),
+            );
+            if let Some(link) = &inner.cluster {
+                ops.extend(link.plan(instance, c, counter, now));
             }
-            Outcome::Admitted(reserved, tightest)
         }
-    };
-    drop(guards);
-    send(inner, ops);
-    outcome
+        instance.mark_dirty();
+        reserved.push(parts);
+    }
+    (reserved, tightest)
+}
+
+/// A cluster counter whose lease ran dry: remember the shortfall so the next lease covers it.
+fn ask_for_lease(
+    inner: &Inner,
+    instance: &Arc<Instance>,
+    counter: &mut Counter,
+    index: usize,
+    input: u64,
+    output: u64,
+    now: u64,
+) -> Option<PlannedOp> {
+    let link = inner.cluster.as_ref()?;
+    let r = reservation(counter.dim, input, output);
+    let lease = counter.lease.as_mut()?;
+    lease.shortfall = lease.shortfall.max(r);
+    link.plan(instance, index, counter, now)
 }
 
 pub(super) fn send(inner: &Inner, ops: Vec<PlannedOp>) {
@@ -178,17 +244,34 @@ pub(super) fn send(inner: &Inner, ops: Vec<PlannedOp>) {
     }
 }
 
-fn wait_for_lease(inner: &Inner, instance: &Arc<Instance>, counter: usize) {
-    let Some(link) = &inner.cluster else {
-        return;
-    };
-    let guard = instance.lock();
-    let _guard = instance.wait_lease(guard, link.lease_wait(), |s| {
+/// Waits (bounded by `deadline`) for news on a cluster counter's lease: true when a reply
+/// arrived since the refusal (`seen` replies then), false when nothing is in flight either.
+fn wait_for_lease(
+    instance: &Arc<Instance>,
+    counter: usize,
+    seen: u64,
+    deadline: std::time::Instant,
+) -> bool {
+    let timeout = deadline.saturating_duration_since(std::time::Instant::now());
+    let replies = |s: &InstanceState| {
         s.counters[counter]
             .lease
             .as_ref()
-            .is_some_and(|l| l.in_flight())
-    });
+            .map_or(seen, |l| l.replies())
+    };
+    let guard = instance.lock();
+    if replies(&guard) != seen {
+        return true;
+    }
+    if !guard.counters[counter]
+        .lease
+        .as_ref()
+        .is_some_and(|l| l.in_flight())
+    {
+        return false;
+    }
+    let guard = instance.wait_lease(guard, timeout, |s| replies(s) == seen);
+    replies(&guard) != seen
 }
 
 #[expect(
@@ -219,7 +302,10 @@ fn refuse(
         message: message(instance, counter, r, ask, reset_ms),
         retry_after_ms,
         input_dependent,
-        lease: lease_dry.then_some(at),
+        lease: lease_dry.then(|| {
+            let replies = counter.lease.as_ref().map_or(0, |l| l.replies());
+            (at.0, at.1, replies)
+        }),
         tightest: Tightest::default(),
     };
     match slot {

@@ -132,6 +132,8 @@ pub enum ConfigError {
     NestedApiKey,
     #[error("maxInstances must be at least 1")]
     NoInstances,
+    #[error("cluster store: the node name is empty (it names this node's claims)")]
+    NoNodeName,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -158,6 +160,13 @@ impl QuotaConfig {
         self.tenant.validate()?;
         if self.max_instances == 0 {
             return Err(ConfigError::NoInstances);
+        }
+        if self
+            .cluster
+            .as_ref()
+            .is_some_and(|c| c.node_name.is_empty())
+        {
+            return Err(ConfigError::NoNodeName);
         }
         let mut names = std::collections::HashSet::new();
         for (index, budget) in self.budgets.iter().enumerate() {

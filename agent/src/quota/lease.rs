@@ -61,6 +61,8 @@ pub(crate) struct Lease {
     /// of a window when nothing was adopted or prefetched).
     known: bool,
     in_flight: bool,
+    /// Replies (and failures) applied so far: a waiting request knows whether news arrived.
+    replies: u64,
     /// The largest reservation that did not fit since the last request.
     pub shortfall: u64,
     /// Tokens reserved since the counter was created (only grows); its rate sizes leases.
@@ -110,6 +112,7 @@ impl Lease {
             others: 0,
             known: false,
             in_flight: false,
+            replies: 0,
             shortfall: 0,
             demand: 0,
             mark_demand: 0,
@@ -140,6 +143,10 @@ impl Lease {
         self.in_flight
     }
 
+    pub fn replies(&self) -> u64 {
+        self.replies
+    }
+
     pub fn roll(&mut self, index: u64) {
         match self.next.take() {
             Some((i, claim)) if i == index => {
@@ -151,6 +158,7 @@ impl Lease {
                 self.known = false;
             }
         }
+        self.others = 0;
         self.shortfall = 0;
         self.quiet_until_ms = 0;
     }
@@ -163,6 +171,7 @@ impl Lease {
     /// The op failed (store unreachable or erroring); the counter may ask again.
     pub fn failed(&mut self) {
         self.in_flight = false;
+        self.replies += 1;
     }
 
     fn target(&self, now_ms: u64, end_ms: u64, limit: u64, policy: &LeasePolicy) -> u64 {
@@ -263,6 +272,7 @@ impl Counter {
             return;
         };
         lease.in_flight = false;
+        lease.replies += 1;
         if reply.after < op.desired {
             lease.quiet_until_ms = now_ms + policy.exhausted_retry_ms;
         }

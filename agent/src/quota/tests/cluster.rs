@@ -215,3 +215,89 @@ fn a_store_that_lost_its_data_gets_every_claim_back() {
     let used = state(&quota, "t", Dimension::TotalTokens).used;
     assert!(backend.total_matching(":total_tokens:") >= used.min(1000));
 }
+
+#[test]
+fn the_next_windows_lease_is_taken_before_it_starts() {
+    let backend = Arc::new(MemoryBackend::new());
+    let hour = super::T0 / 3_600_000 * 3_600_000;
+    let clock = ManualClock::new(hour);
+    let quota = node("a", &backend, &clock);
+    assert!(spend(&quota));
+    // The last second of the hour: a busy counter prefetches the next window's lease.
+    clock.advance_ms(3_600_000 - 500);
+    for _ in 0..5 {
+        assert!(spend(&quota));
+    }
+    let next = format!(":{}", hour / 3_600_000 + 1);
+    eventually("prefetched", || backend.total_matching(&next) > 0);
+    clock.advance_ms(500);
+    let s = state(&quota, "t", Dimension::TotalTokens);
+    assert!(
+        s.lease > 0 && s.used == 0,
+        "the new window starts with a lease: {s:?}"
+    );
+    assert!(spend(&quota));
+}
+
+#[test]
+fn a_node_hands_back_what_falling_demand_leaves_unused() {
+    let backend = Arc::new(MemoryBackend::new());
+    let clock = ManualClock::new(super::T0);
+    let quota = node("a", &backend, &clock);
+    for _ in 0..30 {
+        assert!(spend(&quota));
+    }
+    // Let the burst's last lease request land.
+    eventually("the last lease applied", || {
+        let ops = backend.ops();
+        thread::sleep(Duration::from_millis(50));
+        ops == backend.ops()
+            && state(&quota, "t", Dimension::TotalTokens).lease
+                == backend.total_matching(":total_tokens:")
+    });
+    let burst = state(&quota, "t", Dimension::TotalTokens);
+    assert!(
+        burst.lease > burst.used + 1000,
+        "a burst takes a large lease: {burst:?}"
+    );
+    // A minute of calm, then a trickle: the surplus goes back to the cluster.
+    clock.advance_ms(60_000);
+    assert!(spend(&quota));
+    eventually("handed back", || {
+        let s = state(&quota, "t", Dimension::TotalTokens);
+        s.lease < burst.lease && s.lease >= s.used
+    });
+    assert_eq!(
+        backend.total_matching(":total_tokens:"),
+        state(&quota, "t", Dimension::TotalTokens).lease
+    );
+}
+
+#[test]
+fn bad_store_addresses_are_refused_at_start() {
+    let clock = ManualClock::new(super::T0);
+    for (url, unsupported) in [("unix:///run/redis.sock", true), ("not a url", false)] {
+        let mut budget = BudgetConfig::new(
+            "b",
+            vec![LimitConfig::new("1h".parse().unwrap()).requests(1)],
+        );
+        budget.scope = Scope::Cluster;
+        let mut config = QuotaConfig::new(TenantKey::Namespace, vec![budget]);
+        config.cluster = Some(ClusterConfig::new(url, "a"));
+        let err = Quota::builder(config)
+            .clock(Arc::new(clock.clone()))
+            .build()
+            .unwrap_err();
+        let chain = format!(
+            "{err}: {}",
+            std::error::Error::source(&err)
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        );
+        assert_eq!(
+            chain.contains("only redis:// over TCP"),
+            unsupported,
+            "{url}: {chain}"
+        );
+    }
+}
