@@ -9,7 +9,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, PoisonError, RwLock},
+    sync::{
+        Arc, PoisonError, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
@@ -31,9 +34,13 @@ pub struct Metrics {
     pub(crate) store_degraded: IntGauge,
     pub(crate) store_ops: IntCounterVec,
     pub(crate) instances: IntGauge,
-    handles: Arc<RwLock<HandleMap>>,
+    /// Sharded so that the request path shares no lock across tenants.
+    handles: Arc<[RwLock<HandleMap>]>,
+    pairs: Arc<AtomicUsize>,
     other: Arc<Handles>,
 }
+
+const HANDLE_SHARDS: usize = 16;
 
 /// (tenant id, model id) -> counters.
 type HandleMap = HashMap<(u64, u64), Arc<Handles>>;
@@ -117,7 +124,8 @@ impl Metrics {
             store_degraded,
             store_ops,
             instances,
-            handles: Arc::default(),
+            handles: (0..HANDLE_SHARDS).map(|_| RwLock::default()).collect(),
+            pairs: Arc::default(),
             other,
         })
     }
@@ -125,16 +133,18 @@ impl Metrics {
     /// The counters for a (tenant, model) pair; `_other` once the label budget is spent.
     pub(crate) fn handles(&self, tenant: (&str, u64), model: &str) -> Arc<Handles> {
         let key = (tenant.1, sluice_common::quota::fnv1a64(model.as_bytes()));
-        if let Some(h) = self
-            .handles
+        let shard = &self.handles[(key.0 ^ key.1) as usize % HANDLE_SHARDS];
+        if let Some(h) = shard
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&key)
         {
             return Arc::clone(h);
         }
-        let mut map = self.handles.write().unwrap_or_else(PoisonError::into_inner);
-        if map.len() >= MAX_LABEL_PAIRS {
+        let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
+        if !map.contains_key(&key) && self.pairs.fetch_add(1, Ordering::Relaxed) >= MAX_LABEL_PAIRS
+        {
+            self.pairs.fetch_sub(1, Ordering::Relaxed);
             return Arc::clone(&self.other);
         }
         let handles = map.entry(key).or_insert_with(|| {
