@@ -12,5 +12,6 @@ pub mod identity;
 pub mod inspect;
 pub mod kube;
 pub mod proxy;
+pub mod quota;
 pub mod socket;
 pub mod telemetry;

@@ -14,6 +14,7 @@ pub mod net;
 pub mod netns;
 pub mod node;
 pub mod process;
+pub mod redis;
 pub mod responder;
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ mod crd_cel;
 mod manifests;
 mod measure;
 pub(crate) mod proxy;
+mod quota_cluster;
 
 mod privileged {
     mod apply;

@@ -11,6 +11,7 @@ pub mod counters;
 pub mod intercept;
 pub mod locality;
 pub mod origdst;
+pub mod quota;
 
 /// Names of the maps as the kernel, `bpftool` and the pin directory show them (at most 15
 /// characters, `BPF_OBJ_NAME_LEN`).
@@ -26,6 +27,7 @@ pub mod map_names {
     /// aya-log's ring buffer. Pinned with the rest, so programs adopted after a restart keep
     /// logging to the buffer the new agent reads.
     pub const AYA_LOGS: &str = "AYA_LOGS";
+    pub const QUOTA: &str = "QUOTA";
 }
 
 /// Names of the programs in the object (at most 15 characters, `BPF_OBJ_NAME_LEN`).
