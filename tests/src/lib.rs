@@ -6,7 +6,9 @@
 
 pub mod agent;
 pub mod cgroup;
+pub mod loadgen;
 pub mod responder;
+pub mod standin_sim;
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,132 @@
+//! The runner against the stand-in backend on loopback: short, bounded runs that check what
+//! the runner promises (counts, error accounting, coordinated-omission correction), never how
+//! fast anything is.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::Method;
+
+use super::*;
+use crate::{
+    loadgen::request,
+    standin_sim::{self, Pacing},
+};
+
+async fn backend(pacing: Pacing) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    (addr, tokio::spawn(standin_sim::serve(listener, pacing)))
+}
+
+fn options(addr: SocketAddr, mode: Mode, connections: u32, stream: bool) -> Options {
+    Options {
+        addr,
+        spec: RequestSpec {
+            method: Method::POST,
+            authority: addr.to_string(),
+            path: "/v1/chat/completions".into(),
+            body: request::chat_body("m", 1024, 16, stream).unwrap(),
+            stream,
+            close: false,
+        },
+        mode,
+        connections,
+        warmup: Duration::from_millis(100),
+        duration: Duration::from_millis(500),
+        timeout: Duration::from_secs(2),
+        drain: Duration::from_millis(200),
+        conn_per_request: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loop_sends_the_scheduled_count() {
+    let (addr, server) = backend(Pacing::default()).await;
+    let report = run(options(addr, Mode::Open { rate: 200.0 }, 4, false))
+        .await
+        .unwrap();
+    // 200/s for 0.5 s: exactly 100 requests fall due in the window.
+    assert_eq!(
+        report.completed + report.errors_total() + report.unsent,
+        100,
+        "{report:?}"
+    );
+    assert_eq!(report.errors_total(), 0, "{report:?}");
+    assert!(!report.saturated, "{report:?}");
+    assert_eq!(report.latency_us.as_ref().unwrap().count, report.completed);
+    assert!(report.timer_slack_us.is_some());
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_server_is_charged_for_the_requests_it_delayed() {
+    // 50 ms per request on one connection, asked for 100/s: it can serve 20/s, so requests
+    // queue, and latency measured from their due times grows far past the service time.
+    let pacing = Pacing {
+        ttft: Duration::from_millis(50),
+        itl: Duration::ZERO,
+    };
+    let (addr, server) = backend(pacing).await;
+    let mut opts = options(addr, Mode::Open { rate: 100.0 }, 1, false);
+    opts.warmup = Duration::ZERO;
+    opts.duration = Duration::from_secs(1);
+    opts.drain = Duration::from_millis(100);
+    let report = run(opts).await.unwrap();
+    assert!(report.saturated, "{report:?}");
+    assert!(report.unsent > 50, "{report:?}");
+    let latency = report.latency_us.unwrap();
+    assert!(latency.min_us >= 50_000.0, "{latency:?}");
+    assert!(
+        latency.p90_us > 300_000.0,
+        "queueing must show in the latency: {latency:?}"
+    );
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_loop_streams_and_counts_tokens() {
+    let (addr, server) = backend(Pacing::default()).await;
+    let mut opts = options(addr, Mode::Closed, 2, true);
+    opts.spec.body = request::chat_body("m", 1024, 32, true).unwrap();
+    let report = run(opts).await.unwrap();
+    assert!(report.completed > 0, "{report:?}");
+    assert_eq!(report.errors_total(), 0, "{report:?}");
+    let tokens_per_s = report.tokens_per_s.unwrap();
+    assert!((tokens_per_s - report.rps * 32.0).abs() < 1e-6 * tokens_per_s.max(1.0));
+    assert_eq!(report.ttft_us.unwrap().count, report.completed);
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_counted_by_kind_and_described() {
+    let (addr, server) = backend(Pacing::default()).await;
+    let mut opts = options(addr, Mode::Closed, 1, false);
+    opts.spec.body = Bytes::from_static(b"{broken");
+    opts.duration = Duration::from_millis(200);
+    let report = run(opts).await.unwrap();
+    assert_eq!(report.completed, 0);
+    assert!(report.errors["status"] > 0, "{report:?}");
+    assert_eq!(report.first_error.as_deref(), Some("status 400"));
+    server.abort();
+
+    // Nothing listens: connect failures, backed off, and the run still ends on time.
+    let dead: SocketAddr = "127.0.0.1:1".parse().unwrap();
+    let started = std::time::Instant::now();
+    let report = run(options(dead, Mode::Closed, 2, false)).await.unwrap();
+    assert!(report.errors["connect"] > 0, "{report:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_per_request_opens_a_connection_each_time() {
+    let (addr, server) = backend(Pacing::default()).await;
+    let mut opts = options(addr, Mode::Closed, 2, false);
+    opts.conn_per_request = true;
+    opts.spec.close = true;
+    let report = run(opts).await.unwrap();
+    assert!(report.completed > 10, "{report:?}");
+    assert_eq!(report.errors_total(), 0, "{report:?}");
+    assert!(report.conn_per_request);
+    server.abort();
+}
