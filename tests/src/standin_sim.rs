@@ -32,8 +32,22 @@ pub use stream::SseBody;
 const MAX_BODY: usize = 8 << 20;
 /// Largest generation, so a typo cannot make a response of unbounded length.
 const MAX_TOKENS: u32 = 16_384;
-/// What every generated token says.
-const TOKEN: &str = "tok ";
+/// What the generated tokens say, in turn. Distinct words, because a gateway may abort a
+/// stream that repeats one chunk (LiteLLM does after 100 identical chunks).
+const VOCABULARY: [&str; 16] = [
+    "the ", "model ", "streams ", "tokens ", "back ", "to ", "every ", "client ", "that ",
+    "asked ", "for ", "them ", "one ", "at ", "a ", "time ",
+];
+
+/// The text of `n` generated tokens.
+fn generated(n: u32) -> String {
+    VOCABULARY
+        .iter()
+        .cycle()
+        .take(n as usize)
+        .copied()
+        .collect()
+}
 
 /// How fast tokens come out.
 #[derive(Clone, Copy, Debug, Default)]
@@ -193,7 +207,7 @@ fn completion_json(c: &Completion) -> serde_json::Value {
         "model": c.model,
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": TOKEN.repeat(c.tokens as usize)},
+            "message": {"role": "assistant", "content": generated(c.tokens)},
             "finish_reason": "length",
         }],
         "usage": usage(c),

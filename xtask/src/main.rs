@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod cmd;
 mod demo;
 mod setup;
@@ -22,6 +23,9 @@ enum Verb {
     Test(test::Options),
     /// Run the demo: a node in network namespaces, the agent, a client and a model simulator.
     Demo,
+    /// Benchmark sluice against direct, nginx, HAProxy and LiteLLM in one run
+    /// (target/bench/report.md and report.json).
+    Bench(bench::Options),
 }
 
 fn main() {
@@ -30,6 +34,7 @@ fn main() {
         Verb::Setup => setup::run(),
         Verb::Test(opts) => test::run(&opts),
         Verb::Demo => demo::run(),
+        Verb::Bench(opts) => bench::run(&opts),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

@@ -25,7 +25,7 @@ struct Cli {
 enum Command {
     /// Send load and print a RunReport.
     Run(RunArgs),
-    /// Serve a static JSON body (the backend for the wrk comparison) until stdin closes.
+    /// Serve a static JSON body (the backend for the wrk comparison) until killed.
     ServeStatic {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
@@ -38,6 +38,13 @@ enum Command {
         warmup: f64,
         #[arg(long, default_value_t = 3.0)]
         duration: f64,
+    },
+    /// Send one request and print whether it succeeded (a path is probed before it is measured).
+    Probe {
+        #[command(flatten)]
+        request: RequestArgs,
+        #[arg(long, default_value_t = 30.0)]
+        timeout: f64,
     },
     /// Open connections, complete one request on each, print how many, then hold them until
     /// stdin closes or `--hold` seconds pass.
@@ -121,6 +128,7 @@ fn real_main() -> Result<()> {
             hold,
             timeout,
         } => runtime.block_on(idle(request, connections, secs(hold)?, secs(timeout)?)),
+        Command::Probe { request, timeout } => runtime.block_on(probe(request, secs(timeout)?)),
     };
     // A blocking stdin reader may still be parked; do not wait for it.
     runtime.shutdown_timeout(Duration::from_millis(100));
@@ -192,9 +200,7 @@ async fn serve_static(listen: SocketAddr) -> Result<()> {
     let server = loadgen::static_server::spawn(listener);
     println!("listening {addr}");
     std::io::stdout().flush().context("stdout")?;
-    wait_for_stdin_eof(None).await;
-    server.abort();
-    Ok(())
+    server.await.context("the static server stopped")
 }
 
 /// The static server runs on a runtime of its own thread, the load on the main runtime: one
@@ -250,6 +256,25 @@ fn ceiling(
     print_json(&report)
 }
 
+async fn probe(args: RequestArgs, timeout: Duration) -> Result<()> {
+    let (addr, spec) = target(&args, false)?;
+    let started = std::time::Instant::now();
+    let attempt = async {
+        let mut sender = loadgen::client::connect(addr).await?;
+        loadgen::client::execute(&mut sender, &spec).await
+    };
+    let result = tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or(Err(loadgen::client::Failure::Timeout));
+    let line = json!({
+        "ok": result.is_ok(),
+        "latency_us": started.elapsed().as_secs_f64() * 1e6,
+        "error": result.err().map(|e| e.describe()),
+    });
+    println!("{line}");
+    Ok(())
+}
+
 async fn idle(args: RequestArgs, count: usize, hold: Duration, timeout: Duration) -> Result<()> {
     let (addr, spec) = target(&args, false)?;
     let idle = loadgen::idle::open(addr, &spec, count, timeout).await;
@@ -261,13 +286,13 @@ async fn idle(args: RequestArgs, count: usize, hold: Duration, timeout: Duration
     });
     println!("{line}");
     std::io::stdout().flush().context("stdout")?;
-    wait_for_stdin_eof(Some(hold)).await;
+    wait_for_stdin_eof(hold).await;
     drop(idle);
     Ok(())
 }
 
 /// Returns when stdin reaches end of file (the parent closed it or died), or after `limit`.
-async fn wait_for_stdin_eof(limit: Option<Duration>) {
+async fn wait_for_stdin_eof(limit: Duration) {
     let eof = tokio::task::spawn_blocking(|| {
         let mut line = String::new();
         let mut stdin = std::io::stdin().lock();
@@ -275,12 +300,5 @@ async fn wait_for_stdin_eof(limit: Option<Duration>) {
             line.clear();
         }
     });
-    match limit {
-        Some(limit) => {
-            let _ = tokio::time::timeout(limit, eof).await;
-        }
-        None => {
-            let _ = eof.await;
-        }
-    }
+    let _ = tokio::time::timeout(limit, eof).await;
 }

@@ -116,11 +116,11 @@ async fn worker(opts: Arc<Options>, clock: Clock, schedule: Option<Schedule>) ->
     loop {
         let (from, measured) = match schedule {
             None => {
-                let now = Instant::now();
-                if now >= clock.end {
+                if Instant::now() >= clock.end {
                     break;
                 }
-                (now, now >= clock.measure_from)
+                closed_loop_request(&opts, &clock, &mut conn, &mut tally).await;
+                continue;
             }
             Some(s) => {
                 let due = clock.start + s.at(n);
@@ -147,25 +147,47 @@ async fn worker(opts: Arc<Options>, clock: Clock, schedule: Option<Schedule>) ->
                 (schedule::measured_from(due, free_at, sent), measured)
             }
         };
-        match one(&opts, &mut conn).await {
-            Ok(outcome) if measured => record(&mut tally, from, &outcome),
-            Ok(_) => {}
-            Err(failure) => {
-                conn = None;
-                if measured {
-                    *tally.errors.entry(failure.label()).or_default() += 1;
-                    tally.first_error.get_or_insert_with(|| failure.describe());
-                }
-                if schedule.is_none() && matches!(failure, Failure::Connect { .. }) {
-                    sleep(CONNECT_BACKOFF).await;
-                }
-            }
+        let result = one(&opts, &mut conn).await;
+        if measured {
+            record(&mut tally, from, &result);
         }
-        if opts.conn_per_request {
-            conn = None;
-        }
+        finish(&opts, &mut conn, result.err(), false).await;
     }
     tally
+}
+
+/// Closed loop: a request counts when it *completes* inside the window (throughput is
+/// completions per second, as wrk counts them), and one still running at the window's end is
+/// abandoned rather than waited for.
+async fn closed_loop_request(
+    opts: &Options,
+    clock: &Clock,
+    conn: &mut Option<Sender>,
+    tally: &mut Tally,
+) {
+    let from = Instant::now();
+    let result = match tokio::time::timeout_at(clock.end.into(), one(opts, conn)).await {
+        Ok(result) => result,
+        Err(_) => {
+            *conn = None;
+            return;
+        }
+    };
+    if Instant::now() >= clock.measure_from {
+        record(tally, from, &result);
+    }
+    finish(opts, conn, result.err(), true).await;
+}
+
+/// After a request: drop the connection when it failed or each request gets its own, and back
+/// off after a failed connect in a closed loop so a dead target is not spun on.
+async fn finish(opts: &Options, conn: &mut Option<Sender>, failure: Option<Failure>, closed: bool) {
+    if failure.is_some() || opts.conn_per_request {
+        *conn = None;
+    }
+    if closed && matches!(failure, Some(Failure::Connect { .. })) {
+        sleep(CONNECT_BACKOFF).await;
+    }
 }
 
 /// One request on the worker's connection, opening a new one when there is none (or the
@@ -188,7 +210,15 @@ async fn one(opts: &Options, conn: &mut Option<Sender>) -> Result<Outcome, Failu
         .unwrap_or(Err(Failure::Timeout))
 }
 
-fn record(tally: &mut Tally, from: Instant, outcome: &Outcome) {
+fn record(tally: &mut Tally, from: Instant, result: &Result<Outcome, Failure>) {
+    let outcome = match result {
+        Ok(outcome) => outcome,
+        Err(failure) => {
+            *tally.errors.entry(failure.label()).or_default() += 1;
+            tally.first_error.get_or_insert_with(|| failure.describe());
+            return;
+        }
+    };
     tally.completed += 1;
     tally
         .latency

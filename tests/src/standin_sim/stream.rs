@@ -15,11 +15,12 @@ use http_body::{Body, Frame, SizeHint};
 use serde_json::json;
 use tokio::time::{Instant, Sleep, sleep};
 
-use super::{Completion, Pacing, TOKEN, usage};
+use super::{Completion, Pacing, VOCABULARY, usage};
 
 pub struct SseBody {
     role: Bytes,
-    token: Bytes,
+    /// One pre-rendered chunk per vocabulary word; token `i` is `tokens[i % len]`.
+    token_chunks: Vec<Bytes>,
     tail: Vec<Bytes>,
     tokens: u32,
     pacing: Pacing,
@@ -47,8 +48,14 @@ impl SseBody {
         let role = chunk(
             json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
         );
-        let token =
-            chunk(json!([{"index": 0, "delta": {"content": TOKEN}, "finish_reason": null}]));
+        let token_chunks = VOCABULARY
+            .iter()
+            .map(|w| {
+                event(&chunk(
+                    json!([{"index": 0, "delta": {"content": w}, "finish_reason": null}]),
+                ))
+            })
+            .collect();
         let last = chunk(json!([{"index": 0, "delta": {}, "finish_reason": "length"}]));
         let mut tail = vec![event(&last)];
         if c.include_usage {
@@ -59,7 +66,7 @@ impl SseBody {
         tail.push(Bytes::from_static(b"data: [DONE]\n\n"));
         Self {
             role: event(&role),
-            token: event(&token),
+            token_chunks,
             tail,
             tokens: c.tokens,
             pacing,
@@ -87,7 +94,9 @@ impl SseBody {
     fn frame(&self, step: u32) -> Bytes {
         match step {
             0 => self.role.clone(),
-            s if s <= self.tokens => self.token.clone(),
+            s if s <= self.tokens => {
+                self.token_chunks[(s - 1) as usize % self.token_chunks.len()].clone()
+            }
             s => self.tail[(s - self.tokens - 1) as usize].clone(),
         }
     }

@@ -52,7 +52,8 @@ async fn a_chat_completion_has_the_asked_length_and_usage() {
     assert_eq!(v["usage"]["completion_tokens"], 16);
     assert_eq!(v["usage"]["prompt_tokens"], 256);
     let content = v["choices"][0]["message"]["content"].as_str().unwrap();
-    assert_eq!(content, TOKEN.repeat(16));
+    assert_eq!(content, generated(16));
+    assert_eq!(content.split_whitespace().count(), 16);
     server.abort();
 }
 
@@ -110,6 +111,10 @@ async fn include_usage_adds_the_usage_chunk() {
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
     // role, 3 tokens, finish, usage, [DONE]
     assert_eq!(events.len(), 7, "{text}");
+    assert_ne!(
+        events[1], events[2],
+        "consecutive tokens differ (gateways abort repeats)"
+    );
     let usage: serde_json::Value = serde_json::from_str(&events[5]["data: ".len()..]).unwrap();
     assert_eq!(usage["choices"], json!([]));
     assert_eq!(usage["usage"]["completion_tokens"], 3);

@@ -130,3 +130,26 @@ async fn connection_per_request_opens_a_connection_each_time() {
     assert!(report.conn_per_request);
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_loop_counts_completions_in_the_window_and_abandons_the_rest() {
+    // Each answer takes 250 ms; the window is 100..600 ms after the start. Requests finish at
+    // about 250 and 500 ms (counted, though the first started during the warm-up) and the
+    // third, due to finish at 750 ms, is abandoned when the window closes.
+    let pacing = Pacing {
+        ttft: Duration::from_millis(250),
+        itl: Duration::ZERO,
+    };
+    let (addr, server) = backend(pacing).await;
+    let opts = options(addr, Mode::Closed, 2, false);
+    let started = std::time::Instant::now();
+    let report = run(opts).await.unwrap();
+    let elapsed = started.elapsed();
+    assert!((2..=4).contains(&report.completed), "{report:?}");
+    assert!(report.latency_us.unwrap().min_us >= 250_000.0);
+    assert!(
+        elapsed < Duration::from_millis(800),
+        "the request in flight at the end was waited for: {elapsed:?}"
+    );
+    server.abort();
+}

@@ -1,0 +1,354 @@
+//! `cargo xtask bench [--quick]`: sluice side by side with direct, nginx, HAProxy and LiteLLM,
+//! in one run, on this machine, with one load generator and one set of client settings.
+//! Results: `target/bench/report.md` and `target/bench/report.json`; every process output and
+//! per-run JSON under `target/bench/{logs,runs}`; every peer's configuration under
+//! `target/bench/<peer>/`.
+//!
+//! Everything listens on loopback: the backend on 127.0.0.2, proxies on 127.0.0.1, and the
+//! redirect-only sluice path's "service" address on 127.0.0.3.
+
+use std::{
+    fs,
+    path::PathBuf,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{cmd, setup};
+
+mod backend;
+mod bpfstats;
+mod loadgen;
+mod paths;
+mod peers;
+mod plan;
+mod procs;
+mod report;
+mod sample;
+mod sluice;
+mod wrk;
+
+use self::{
+    backend::BACKEND,
+    loadgen::Loadgen,
+    paths::PathId,
+    plan::Plan,
+    procs::Proc,
+    report::{LoadgenCheck, Machine, Meta, Report, WorkloadInfo},
+};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Shorter windows and fewer rates: under two minutes once built and installed.
+    #[arg(long)]
+    quick: bool,
+    /// Only these paths (comma-separated): direct, sluice-redirect, sluice-transparent,
+    /// sluice-full, nginx, haproxy, litellm. `direct` always runs: it is the reference.
+    #[arg(long, value_delimiter = ',')]
+    paths: Vec<String>,
+    /// Do not install missing peers; skip them instead.
+    #[arg(long)]
+    no_install: bool,
+}
+
+/// The bench's directories.
+pub struct Dirs {
+    pub bench: PathBuf,
+    pub logs: PathBuf,
+    pub runs: PathBuf,
+    pub bin: PathBuf,
+}
+
+/// The two backend instances every path ends at.
+pub struct Backends {
+    pub fast: Proc,
+    pub paced: Proc,
+    pub fast_addr: std::net::SocketAddr,
+    pub paced_addr: std::net::SocketAddr,
+}
+
+pub fn run(opts: &Options) -> Result<()> {
+    procs::install_interrupt_handler();
+    procs::raise_fd_limit();
+    let started = Instant::now();
+    let started_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let selected = select(&opts.paths)?;
+    setup::run()?;
+    let dirs = Dirs::create()?;
+    let sluice = build(&dirs)?;
+    let peers = peers::prepare(&dirs.bench, !opts.no_install);
+    let plan = Plan::new(opts.quick);
+    let setup_s = started.elapsed().as_secs_f64();
+
+    eprintln!(
+        "bench: {} workloads on {} paths; about {:.0} s of measuring when every path runs",
+        plan.workloads.len(),
+        selected.len(),
+        plan.estimate_seconds(selected.len(), 0.0)
+    );
+    let measuring = Instant::now();
+    let loadavg_start = loadavg();
+    let loadgen = Loadgen {
+        bin: dirs.bin.join("loadgen"),
+        dir: dirs.runs.clone(),
+    };
+    let check = check_loadgen(&loadgen, &plan, &peers, &dirs)?;
+    let backends = Backends::start(&plan, &dirs)?;
+    let ctx = paths::Ctx {
+        plan: &plan,
+        loadgen: &loadgen,
+        dirs: &dirs,
+        backends: &backends,
+        peers: &peers,
+        sluice,
+    };
+    let path_reports = paths::run_all(&selected, &ctx)?;
+    drop(backends);
+
+    let mut report = Report {
+        meta: meta(
+            &plan,
+            &peers,
+            started_unix,
+            setup_s,
+            measuring.elapsed().as_secs_f64(),
+            loadavg_start,
+        ),
+        loadgen_check: check,
+        paths: path_reports,
+        targets: Vec::new(),
+    };
+    report.finish();
+    write(&dirs, &report)
+}
+
+fn select(names: &[String]) -> Result<Vec<PathId>> {
+    if names.is_empty() {
+        return Ok(PathId::ALL.to_vec());
+    }
+    for n in names {
+        if !PathId::ALL.iter().any(|p| p.id() == n) {
+            let all: Vec<_> = PathId::ALL.iter().map(|p| p.id()).collect();
+            bail!("unknown path {n:?}; paths are {}", all.join(", "));
+        }
+    }
+    Ok(PathId::ALL
+        .into_iter()
+        .filter(|p| *p == PathId::Direct || names.iter().any(|n| n == p.id()))
+        .collect())
+}
+
+// === impl Dirs ===
+
+impl Dirs {
+    fn create() -> Result<Self> {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| cmd::workspace_root().join("target"));
+        let bench = target.join("bench");
+        let dirs = Self {
+            logs: bench.join("logs"),
+            runs: bench.join("runs"),
+            bin: target.join("release"),
+            bench,
+        };
+        // Old logs and per-run JSON would mislead whoever reads them next to a new report.
+        for d in [&dirs.logs, &dirs.runs] {
+            let _ = fs::remove_dir_all(d);
+            fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        Ok(dirs)
+    }
+}
+
+/// Release builds of the load generator, the backend and (as root) the agent. `Ok(Err(_))`
+/// is the reason the sluice paths cannot run.
+fn build(dirs: &Dirs) -> Result<Result<PathBuf, String>> {
+    cmd::run(
+        cmd::cargo()
+            .args(["build", "--release", "--locked", "-p", "sluice-tests"])
+            .args(["--bin", "loadgen", "--bin", BACKEND.binary]),
+    )?;
+    if !cmd::is_root() {
+        return Ok(Err(
+            "needs root (a cgroup of its own and eBPF programs)".into()
+        ));
+    }
+    Ok(
+        match cmd::run(cmd::cargo().args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "sluice",
+            "--bin",
+            "sluice",
+        ])) {
+            Ok(()) => Ok(dirs.bin.join("sluice")),
+            Err(e) => Err(format!("building the agent failed: {e:#}")),
+        },
+    )
+}
+
+// === impl Backends ===
+
+impl Backends {
+    fn start(plan: &Plan, dirs: &Dirs) -> Result<Self> {
+        let fast_addr = procs::free_port("127.0.0.2")?;
+        let paced_addr = procs::free_port("127.0.0.2")?;
+        let zero = plan::Pacing {
+            ttft: std::time::Duration::ZERO,
+            itl: std::time::Duration::ZERO,
+        };
+        let fast = BACKEND.start("backend-fast", &dirs.bin, fast_addr, zero, &dirs.logs)?;
+        let paced = BACKEND.start(
+            "backend-paced",
+            &dirs.bin,
+            paced_addr,
+            plan.pacing,
+            &dirs.logs,
+        )?;
+        Ok(Self {
+            fast,
+            paced,
+            fast_addr,
+            paced_addr,
+        })
+    }
+}
+
+/// The load generator's ceiling, and wrk against loadgen on one static server.
+fn check_loadgen(
+    loadgen: &Loadgen,
+    plan: &Plan,
+    peers: &peers::Peers,
+    dirs: &Dirs,
+) -> Result<LoadgenCheck> {
+    let mut check = LoadgenCheck::default();
+    let (c, d) = (plan.check_connections, plan.check_duration);
+    match loadgen.ceiling(c, d) {
+        Ok(run) => check.ceiling = Some(run),
+        Err(e) => check.notes.push(format!("ceiling not measured: {e:#}")),
+    }
+    procs::check_interrupt()?;
+    let addr = procs::free_port("127.0.0.1")?;
+    let mut serve = std::process::Command::new(&loadgen.bin);
+    serve.args(["serve-static", "--listen", &addr.to_string()]);
+    let mut server = Proc::spawn("static-server", serve, &dirs.logs)?;
+    server.wait_for_port(addr, std::time::Duration::from_secs(10))?;
+    let url = format!("http://{addr}/");
+    match &peers.wrk {
+        Ok(_) => match wrk::run(&url, 2, c, d) {
+            Ok(w) => check.wrk = Some(w),
+            Err(e) => check.notes.push(format!("wrk failed: {e:#}")),
+        },
+        Err(why) => check.notes.push(format!("wrk not available: {why}")),
+    }
+    procs::check_interrupt()?;
+    match loadgen.get(&url, c, d) {
+        Ok(run) => check.loadgen_static = Some(run),
+        Err(e) => check
+            .notes
+            .push(format!("loadgen against the static server failed: {e:#}")),
+    }
+    Ok(check)
+}
+
+fn meta(
+    plan: &Plan,
+    peers: &peers::Peers,
+    started_unix: u64,
+    setup_s: f64,
+    measure_s: f64,
+    loadavg_start: String,
+) -> Meta {
+    let mut m = Meta {
+        started_unix,
+        mode: if plan.quick { "quick" } else { "full" }.into(),
+        machine: machine(loadavg_start),
+        setup_s,
+        measure_s,
+        backend: format!(
+            "`{}` with the arguments `{}` (TEMPORARY stand-in until modelsim lands)",
+            BACKEND.binary,
+            BACKEND.args.join(" ")
+        ),
+        pacing: format!(
+            "first token after {} ms, then one token every {} µs",
+            plan.pacing.ttft.as_millis(),
+            plan.pacing.itl.as_micros()
+        ),
+        ..Meta::default()
+    };
+    let show = |a: &peers::Availability| match a {
+        Ok(v) => v.clone(),
+        Err(why) => format!("not available ({why})"),
+    };
+    m.peers.insert("nginx".into(), show(&peers.nginx));
+    m.peers.insert("haproxy".into(), show(&peers.haproxy));
+    m.peers.insert("wrk".into(), show(&peers.wrk));
+    m.peers.insert(
+        "litellm".into(),
+        match &peers.litellm {
+            Ok((_, v)) => format!("LiteLLM {v}"),
+            Err(why) => format!("not available ({why})"),
+        },
+    );
+    m.workloads = plan
+        .workloads
+        .iter()
+        .map(|w| WorkloadInfo {
+            id: w.id.into(),
+            title: w.title.into(),
+            settings: plan::describe(w),
+        })
+        .collect();
+    m.notes = vec![
+        "Latency of fixed-rate runs is measured from each request's due time (wrk2-style, no coordinated omission); a run that could not keep its rate is marked saturated, and requests it never sent are counted as unsent.".into(),
+        "CPU is utime + stime of the path's whole process group from /proc; peak RSS is VmHWM summed over the group, reset before each workload through /proc/<pid>/clear_refs. `other CPU s` is what processes the bench did not start used meanwhile; ⚠ marks a workload during which they took more than a quarter of the machine, whose figures are noisier than the rest.".into(),
+        "The load generator, the backend and the path share the machine's CPUs, as they would on one node.".into(),
+    ];
+    m
+}
+
+fn machine(loadavg_start: String) -> Machine {
+    let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    Machine {
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model: cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or("unknown".into(), |(_, v)| v.trim().to_owned()),
+        kernel: read("/proc/sys/kernel/osrelease").trim().to_owned(),
+        memory_mib: read("/proc/meminfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib / 1024),
+        loadavg_start,
+        loadavg_end: loadavg(),
+    }
+}
+
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn write(dirs: &Dirs, report: &Report) -> Result<()> {
+    let json = dirs.bench.join("report.json");
+    let md = dirs.bench.join("report.md");
+    let text = serde_json::to_string_pretty(report).context("serialising the report")?;
+    fs::write(&json, text).with_context(|| format!("writing {}", json.display()))?;
+    let rendered = report::markdown::render(report);
+    fs::write(&md, &rendered).with_context(|| format!("writing {}", md.display()))?;
+    eprintln!("\n{rendered}");
+    eprintln!("bench: wrote {} and {}", md.display(), json.display());
+    Ok(())
+}
