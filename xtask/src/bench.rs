@@ -19,7 +19,9 @@ use crate::{cmd, setup};
 
 mod backend;
 mod bpfstats;
+mod cgroup;
 mod loadgen;
+mod micro;
 mod paths;
 mod peers;
 mod plan;
@@ -50,6 +52,9 @@ pub struct Options {
     /// Do not install missing peers; skip them instead.
     #[arg(long)]
     no_install: bool,
+    /// Benchmark this `sluice` binary instead of a release build of this checkout.
+    #[arg(long, value_name = "PATH")]
+    sluice_bin: Option<PathBuf>,
 }
 
 /// The bench's directories.
@@ -78,7 +83,9 @@ pub fn run(opts: &Options) -> Result<()> {
     let selected = select(&opts.paths)?;
     setup::run()?;
     let dirs = Dirs::create()?;
-    let sluice = build(&dirs)?;
+    // Declared before every process, so it is dropped (and its cgroup emptied) after them.
+    let _procs_cgroup = procs_cgroup();
+    let sluice = build(&dirs, opts.sluice_bin.as_deref())?;
     let peers = peers::prepare(&dirs.bench, !opts.no_install);
     let plan = Plan::new(opts.quick);
     let setup_s = started.elapsed().as_secs_f64();
@@ -107,6 +114,7 @@ pub fn run(opts: &Options) -> Result<()> {
     };
     let path_reports = paths::run_all(&selected, &ctx)?;
     drop(backends);
+    let micro = micro_benchmarks(opts.quick)?;
 
     let mut report = Report {
         meta: meta(
@@ -119,6 +127,7 @@ pub fn run(opts: &Options) -> Result<()> {
         ),
         loadgen_check: check,
         paths: path_reports,
+        micro,
         targets: Vec::new(),
     };
     report.finish();
@@ -164,9 +173,27 @@ impl Dirs {
     }
 }
 
+/// As root: sweeps what killed benches left, and makes the cgroup this run's servers join.
+fn procs_cgroup() -> Option<cgroup::BenchCgroup> {
+    if !cmd::is_root() {
+        return None;
+    }
+    cgroup::sweep_stale();
+    match cgroup::BenchCgroup::new("procs") {
+        Ok(cg) => {
+            procs::set_cgroup(cg.path().to_owned());
+            Some(cg)
+        }
+        Err(e) => {
+            eprintln!("bench: warning: servers run outside a cgroup of their own: {e:#}");
+            None
+        }
+    }
+}
+
 /// Release builds of the load generator, the backend and (as root) the agent. `Ok(Err(_))`
 /// is the reason the sluice paths cannot run.
-fn build(dirs: &Dirs) -> Result<Result<PathBuf, String>> {
+fn build(dirs: &Dirs, sluice_bin: Option<&std::path::Path>) -> Result<Result<PathBuf, String>> {
     cmd::run(
         cmd::cargo()
             .args(["build", "--release", "--locked", "-p", "sluice-tests"])
@@ -176,6 +203,13 @@ fn build(dirs: &Dirs) -> Result<Result<PathBuf, String>> {
         return Ok(Err(
             "needs root (a cgroup of its own and eBPF programs)".into()
         ));
+    }
+    if let Some(bin) = sluice_bin {
+        if !bin.is_file() {
+            bail!("--sluice-bin {}: no such file", bin.display());
+        }
+        eprintln!("bench: benchmarking the agent {}", bin.display());
+        return Ok(Ok(bin.to_owned()));
     }
     Ok(
         match cmd::run(cmd::cargo().args([
@@ -255,6 +289,26 @@ fn check_loadgen(
             .push(format!("loadgen against the static server failed: {e:#}")),
     }
     Ok(check)
+}
+
+/// The datapath's own micro-benchmarks (full runs, as root), or why they did not run.
+fn micro_benchmarks(quick: bool) -> Result<Vec<String>> {
+    if quick {
+        return Ok(vec!["not run in --quick mode".into()]);
+    }
+    if !cmd::is_root() {
+        return Ok(vec!["not run: they need root".into()]);
+    }
+    eprintln!("bench: micro-benchmarks (tests::bench::)");
+    let lines = match micro::run() {
+        Ok(lines) if lines.is_empty() => vec!["none in this build".into()],
+        Ok(lines) => lines,
+        Err(e) => {
+            procs::check_interrupt()?;
+            vec![format!("failed: {e:#}")]
+        }
+    };
+    Ok(lines)
 }
 
 fn meta(

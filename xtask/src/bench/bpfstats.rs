@@ -3,15 +3,14 @@
 //! The kernel counts `run_cnt` and `run_time_ns` per program only while statistics are on. The
 //! bench turns them on with `BPF_ENABLE_STATS`, which returns a file descriptor that keeps
 //! them on only while it is open (and never touches the `kernel.bpf_stats_enabled` sysctl that
-//! other users of the machine may own), and reads the counters of the programs attached to
-//! the bench's own cgroup through `bpftool`.
-//!
-//! TODO(datapath, issue 3): read these through the agent's stats API / `sluice inspect` once
-//! it lands; [`programs`] is the one function to switch.
+//! other users of the machine may own), and reads the counters through [`programs`]: from the
+//! agent itself (`sluice inspect programs --json`, the programs linked from its pin
+//! directory) when the agent has that command, else from `bpftool` for the programs attached
+//! to the bench's cgroup.
 
 use std::{
     os::fd::{FromRawFd as _, OwnedFd},
-    path::Path,
+    path::{Path, PathBuf},
     process::Command,
 };
 
@@ -51,6 +50,25 @@ pub struct ProgCost {
     pub ns_per_call: Option<f64>,
 }
 
+/// Where the counters come from.
+#[derive(Clone, Debug)]
+pub enum StatsSource {
+    /// `sluice inspect programs --json --pin-dir <pin_dir>`.
+    Agent { sluice: PathBuf, pin_dir: PathBuf },
+    /// `bpftool cgroup show <cgroup>` and `bpftool prog show id <id>`.
+    Cgroup(PathBuf),
+}
+
+/// One row of `sluice inspect programs --json`.
+#[derive(Deserialize)]
+struct AgentProgram {
+    link: String,
+    program: String,
+    prog_id: u32,
+    run_count: u64,
+    run_time_ns: u64,
+}
+
 #[derive(Deserialize)]
 struct CgroupAttachment {
     id: u32,
@@ -81,9 +99,42 @@ pub fn enable() -> Result<StatsOn> {
     })
 }
 
-/// The programs attached directly to `cgroup`, with their counters, as `(attach type,
-/// counters)`.
-pub fn programs(cgroup: &Path) -> Result<Vec<(String, ProgCounters)>> {
+/// Every program of the path with its counters, as `(attach point, counters)`.
+pub fn programs(source: &StatsSource) -> Result<Vec<(String, ProgCounters)>> {
+    match source {
+        StatsSource::Agent { sluice, pin_dir } => {
+            let out = cmd::output(
+                Command::new(sluice)
+                    .args(["inspect", "programs", "--json", "--pin-dir"])
+                    .arg(pin_dir),
+            )?;
+            parse_agent(&out)
+        }
+        StatsSource::Cgroup(cgroup) => cgroup_programs(cgroup),
+    }
+}
+
+fn parse_agent(json: &str) -> Result<Vec<(String, ProgCounters)>> {
+    let rows: Vec<AgentProgram> = serde_json::from_str(json)
+        .with_context(|| format!("parsing `sluice inspect programs --json`: {json}"))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                r.link,
+                ProgCounters {
+                    id: r.prog_id,
+                    name: r.program,
+                    run_time_ns: r.run_time_ns,
+                    run_cnt: r.run_count,
+                },
+            )
+        })
+        .collect())
+}
+
+/// The programs attached directly to `cgroup`, with their counters.
+fn cgroup_programs(cgroup: &Path) -> Result<Vec<(String, ProgCounters)>> {
     let out = cmd::output(
         Command::new("bpftool")
             .arg("-j")
@@ -129,13 +180,10 @@ pub fn costs(before: &[(String, ProgCounters)], after: &[(String, ProgCounters)]
         .collect()
 }
 
-/// Fails with the reason when the kernel or tools cannot give statistics.
+/// Fails with the reason when statistics cannot be turned on.
 pub fn available() -> Result<()> {
     if !cmd::is_root() {
         bail!("needs root (BPF_ENABLE_STATS needs CAP_SYS_ADMIN)");
-    }
-    if cmd::probe(Command::new("bpftool").arg("version")).is_none_or(|o| !o.status.success()) {
-        bail!("bpftool is not installed (cargo xtask setup installs it)");
     }
     Ok(())
 }
@@ -170,6 +218,29 @@ mod tests {
     fn no_calls_means_no_figure_and_new_programs_count_from_zero() {
         assert_eq!(costs(&[c(7, 5, 1)], &[c(7, 5, 1)])[0].ns_per_call, None);
         assert_eq!(costs(&[], &[c(9, 200, 2)])[0].ns_per_call, Some(100.0));
+    }
+
+    #[test]
+    fn the_agents_json_parses() {
+        let json = r#"[
+          {"link": "link_connect4", "program": "sluice_connect4", "prog_id": 42, "cgroup_id": 7,
+           "run_count": 100, "run_time_ns": 12000},
+          {"link": "link_sockops", "program": "sluice_sockops", "prog_id": 43, "cgroup_id": 7,
+           "run_count": 0, "run_time_ns": 0}
+        ]"#;
+        let progs = parse_agent(json).unwrap();
+        assert_eq!(progs.len(), 2);
+        assert_eq!(progs[0].0, "link_connect4");
+        assert_eq!(
+            progs[0].1,
+            ProgCounters {
+                id: 42,
+                name: "sluice_connect4".into(),
+                run_time_ns: 12000,
+                run_cnt: 100
+            }
+        );
+        assert!(parse_agent("not json").is_err());
     }
 
     #[test]

@@ -4,10 +4,8 @@
 
 use std::{
     collections::BTreeMap,
-    ffi::CString,
     fs,
     io::{BufRead as _, BufReader},
-    os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::mpsc,
@@ -219,7 +217,7 @@ impl Loadgen {
     fn command(&self, cgroup: Option<&Path>) -> Result<Command> {
         let mut c = Command::new(&self.bin);
         if let Some(cgroup) = cgroup {
-            join_cgroup_before_exec(&mut c, cgroup)?;
+            procs::join_cgroup_before_exec(&mut c, cgroup)?;
         }
         Ok(c)
     }
@@ -267,31 +265,6 @@ impl Loadgen {
             .with_context(|| format!("reading {}", out_path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("parsing {}", out_path.display()))
     }
-}
-
-/// Makes the child write itself into `cgroup` between fork and exec, so the first connect()
-/// it makes is already in the intercepted cgroup.
-fn join_cgroup_before_exec(c: &mut Command, cgroup: &Path) -> Result<()> {
-    let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes())
-        .context("cgroup path contains a NUL byte")?;
-    // SAFETY: the closure makes raw syscalls on memory prepared before fork; no allocation.
-    unsafe {
-        c.pre_exec(move || {
-            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // "0" moves the writing process itself.
-            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
-            let err = std::io::Error::last_os_error();
-            libc::close(fd);
-            if n != 1 {
-                return Err(err);
-            }
-            Ok(())
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -58,6 +58,10 @@ struct Live {
     paced: Result<Endpoint, String>,
     /// The intercepted cgroup the load generator joins (sluice paths).
     cgroup: Option<PathBuf>,
+    /// Where the path's eBPF programs are accounted (sluice paths).
+    stats: Option<bpfstats::StatsSource>,
+    /// For the report: how this build's path differs from its description.
+    notes: Vec<String>,
 }
 
 const FAST_MODEL: &str = "bench-fast";
@@ -134,7 +138,10 @@ pub fn run_all(ids: &[PathId], ctx: &Ctx<'_>) -> Result<Vec<PathReport>> {
         );
         let mut report = new_report(id);
         let live = match start(id, ctx) {
-            Ok(live) => Some(live),
+            Ok(live) => {
+                report.notes.extend(live.notes.iter().cloned());
+                Some(live)
+            }
             Err(e) => {
                 procs::check_interrupt()?;
                 let reason = format!("{e:#}");
@@ -273,6 +280,8 @@ fn start(id: PathId, ctx: &Ctx<'_>) -> Result<Live> {
         fast,
         paced,
         cgroup: None,
+        stats: None,
+        notes: Vec::new(),
     })
 }
 
@@ -308,6 +317,8 @@ fn start_sluice(id: PathId, ctx: &Ctx<'_>, dir: &Path) -> Result<Live> {
         },
         paced,
         cgroup: Some(started.cgroup.path().to_owned()),
+        stats: Some(started.stats.clone()),
+        notes: started.notes.clone(),
         _procs: Vec::new(),
         _sluice: Some(started),
     })
@@ -423,8 +434,8 @@ fn workload(
             return Ok(result);
         }
     };
-    if let Some((cgroup, before, _on)) = bpf {
-        match bpfstats::programs(&cgroup) {
+    if let Some((source, before, _on)) = bpf {
+        match bpfstats::programs(&source) {
             Ok(after) => report.bpf = bpfstats::costs(&before, &after),
             Err(e) => report.notes.push(format!("eBPF statistics: {e:#}")),
         }
@@ -448,20 +459,20 @@ fn workload(
 }
 
 type BpfWindow = (
-    PathBuf,
+    bpfstats::StatsSource,
     Vec<(String, bpfstats::ProgCounters)>,
     bpfstats::StatsOn,
 );
 
 /// For the connection-per-request workload of a sluice path (every request runs connect4):
-/// statistics on, and the counters of the cgroup's programs before the run.
+/// statistics on, and the counters of the path's programs before the run.
 fn bpf_window(live: &Live, w: &Workload) -> Option<Result<BpfWindow>> {
-    let cgroup = live.cgroup.as_ref().filter(|_| w.conn_per_request)?;
+    let source = live.stats.as_ref().filter(|_| w.conn_per_request)?;
     Some((|| {
         bpfstats::available()?;
         let on = bpfstats::enable()?;
-        let before = bpfstats::programs(cgroup)?;
-        Ok((cgroup.clone(), before, on))
+        let before = bpfstats::programs(source)?;
+        Ok((source.clone(), before, on))
     })())
 }
 

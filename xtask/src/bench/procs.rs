@@ -4,12 +4,16 @@
 //! also happens when a step fails or the user presses Ctrl-C.
 
 use std::{
+    ffi::CString,
     fs,
     net::{SocketAddr, TcpListener, TcpStream},
-    os::unix::process::CommandExt as _,
+    os::unix::{ffi::OsStrExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -18,6 +22,8 @@ use anyhow::{Context as _, Result, bail};
 use crate::cmd;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The cgroup every started server joins (root only), so a later bench can sweep it.
+static CGROUP: OnceLock<PathBuf> = OnceLock::new();
 
 /// A started process and where its output goes.
 pub struct Proc {
@@ -37,6 +43,9 @@ impl Proc {
         let err = file.try_clone().context("duplicating the log file")?;
         eprintln!("bench: start {name}: {}", cmd::describe(&cmd));
         cmd.stdin(Stdio::null()).stdout(file).stderr(err);
+        if let Some(cgroup) = CGROUP.get() {
+            join_cgroup_before_exec(&mut cmd, cgroup)?;
+        }
         isolate(&mut cmd);
         let child = cmd
             .spawn()
@@ -138,6 +147,36 @@ impl Drop for Proc {
     fn drop(&mut self) {
         self.stop(Duration::from_secs(5));
     }
+}
+
+/// Puts every server started from now on into `cgroup`.
+pub fn set_cgroup(cgroup: PathBuf) {
+    let _ = CGROUP.set(cgroup);
+}
+
+/// Makes the child write itself into `cgroup` between fork and exec, so that its first
+/// connect() (or its first fork) already happens there.
+pub fn join_cgroup_before_exec(c: &mut Command, cgroup: &Path) -> Result<()> {
+    let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes())
+        .context("cgroup path contains a NUL byte")?;
+    // SAFETY: the closure makes raw syscalls on memory prepared before fork; no allocation.
+    unsafe {
+        c.pre_exec(move || {
+            let fd = libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // "0" moves the writing process itself.
+            let n = libc::write(fd, b"0".as_ptr().cast(), 1);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            if n != 1 {
+                return Err(err);
+            }
+            Ok(())
+        });
+    }
+    Ok(())
 }
 
 /// Own process group (terminal Ctrl-C reaches only xtask, which then stops everything in

@@ -22,6 +22,8 @@ pub struct Report {
     pub meta: Meta,
     pub loadgen_check: LoadgenCheck,
     pub paths: Vec<PathReport>,
+    /// `bench:` lines of the datapath's micro-benchmarks (`tests::bench::`), or why none.
+    pub micro: Vec<String>,
     pub targets: Vec<TargetCheck>,
 }
 

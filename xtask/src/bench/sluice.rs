@@ -24,7 +24,11 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::procs::{self, Proc};
+use super::{
+    bpfstats::StatsSource,
+    cgroup::BenchCgroup,
+    procs::{self, Proc},
+};
 use crate::cmd;
 
 /// The agent's log line once its programs are attached (`tests/src/agent.rs` waits for it too).
@@ -37,21 +41,38 @@ pub enum Variant {
     Full,
 }
 
-/// A started sluice path.
+/// A started sluice path. Fields drop in order: the agent stops (and removes its datapath)
+/// before its cgroup and pin directory go.
 pub struct Started {
     pub agent: Proc,
     pub cgroup: BenchCgroup,
     /// Where the client connects for the fast and the paced backend.
     pub fast: SocketAddr,
     pub paced: Option<SocketAddr>,
+    /// Where the programs' bpf_stats are read.
+    pub stats: StatsSource,
+    /// What differs from the path's description in this build.
+    pub notes: Vec<String>,
     _pins: Option<PinDir>,
 }
 
-/// What the agent's CLI offers, read from `sluice run --help`.
+/// What the agent's CLI offers, read from its `--help`: the bench adapts to the agent it
+/// was given instead of assuming one version of it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Cli {
+    /// `--config FILE`: standalone TrafficPolicy / TokenBudget documents.
     pub config: bool,
+    /// `--pin-dir DIR`: the datapath pins under a directory of the bench's choosing.
     pub pin_dir: bool,
+    /// `--include-host-network`: intercept processes in the agent's network namespace (the
+    /// bench's client runs in it).
+    pub include_host_network: bool,
+    /// `--admin-addr ADDR`: the admin listener, otherwise on a fixed default port.
+    pub admin_addr: bool,
+    /// `--external-proxy`: the datapath alone (the redirect-only path).
+    pub external_proxy: bool,
+    /// `sluice inspect programs --json`: the agent's own bpf_stats reader.
+    pub inspect_programs: bool,
 }
 
 // === impl Variant ===
@@ -70,12 +91,20 @@ impl Variant {
     }
 }
 
-/// Reads which flags `sluice run` has.
+/// Reads which flags the agent has.
 pub fn cli(sluice: &Path) -> Result<Cli> {
     let help = cmd::output(Command::new(sluice).args(["run", "--help"]))?;
+    let inspect = cmd::probe(Command::new(sluice).args(["inspect", "programs", "--help"]))
+        .is_some_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--json")
+        });
     Ok(Cli {
         config: help.contains("--config"),
         pin_dir: help.contains("--pin-dir"),
+        include_host_network: help.contains("--include-host-network"),
+        admin_addr: help.contains("--admin-addr"),
+        external_proxy: help.contains("--external-proxy"),
+        inspect_programs: inspect,
     })
 }
 
@@ -91,6 +120,12 @@ pub fn start(
         bail!("needs root (a cgroup of its own and eBPF programs)");
     }
     let flags = cli(sluice).context("asking `sluice run --help` for its flags")?;
+    if variant == Variant::Full && !flags.config {
+        bail!(
+            "`sluice run` has no --config flag in this build, so its built-in processors cannot \
+             be enabled (this path would repeat sluice-transparent)"
+        );
+    }
     let cgroup = BenchCgroup::new(variant.id())?;
     let dir = bench_dir.join(variant.id());
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -117,48 +152,67 @@ pub fn start(
     for i in &intercepts {
         c.args(["--intercept", &i.to_string()]);
     }
-    let pins = if flags.pin_dir {
-        let pins = PinDir(PathBuf::from(format!(
+    let pins = flags.pin_dir.then(|| {
+        PinDir(PathBuf::from(format!(
             "/sys/fs/bpf/sluice-bench-{}-{}",
             std::process::id(),
             variant.id()
-        )));
-        c.arg("--pin-dir").arg(&pins.0);
-        Some(pins)
-    } else {
-        None
-    };
-    if variant.uses_proxy() && flags.config {
-        let policy = dir.join("policy.yaml");
-        fs::write(
-            &policy,
-            policy_yaml(variant, &[backends.0.port(), backends.1.port()]),
-        )
-        .with_context(|| format!("writing {}", policy.display()))?;
-        c.arg("--config").arg(&policy);
+        )))
+    });
+    if let Some(p) = &pins {
+        c.arg("--pin-dir").arg(&p.0);
+    }
+    if flags.include_host_network {
+        c.arg("--include-host-network");
+    }
+    if flags.admin_addr {
+        c.args(["--admin-addr", &procs::free_port("127.0.0.1")?.to_string()]);
+    }
+    if variant == Variant::Redirect && flags.external_proxy {
+        // The "proxy" address is the backend itself: the agent must not bind it.
+        c.arg("--external-proxy");
+    }
+    let mut notes = Vec::new();
+    if variant.uses_proxy() {
+        if flags.config {
+            let policy = dir.join("policy.yaml");
+            fs::write(
+                &policy,
+                policy_yaml(variant, &[backends.0.port(), backends.1.port()]),
+            )
+            .with_context(|| format!("writing {}", policy.display()))?;
+            c.arg("--config").arg(&policy);
+        } else {
+            notes.push(
+                "ran without a token budget: `sluice run` has no --config flag in this build, so \
+                 the proxy inspected bodies and metered usage with its defaults"
+                    .to_owned(),
+            );
+        }
     }
     c.env("SLUICE_LOG", "info");
     let mut agent = Proc::spawn(variant.id(), c, logs)?;
     agent.wait_for_log(READY_LINE, Duration::from_secs(20))?;
-    if variant.uses_proxy() {
-        if !proxy_listens(&mut agent, proxy_addr) {
-            bail!(
-                "proxy not available: the agent attached its datapath but nothing accepts \
-                 connections on the proxy address {proxy_addr} (the proxy lands with issue 4)"
-            );
-        }
-        if !flags.config {
-            bail!(
-                "`sluice run` has no --config flag, so the inspection policy and the token \
-                 budget this path needs cannot be given to it"
-            );
-        }
+    if variant.uses_proxy() && !proxy_listens(&mut agent, proxy_addr) {
+        bail!(
+            "proxy not available: the agent attached its datapath but nothing accepts \
+             connections on the proxy address {proxy_addr} (the proxy lands with issue 4)"
+        );
     }
+    let stats = match &pins {
+        Some(p) if flags.inspect_programs => StatsSource::Agent {
+            sluice: sluice.to_owned(),
+            pin_dir: p.0.clone(),
+        },
+        _ => StatsSource::Cgroup(cgroup.path().to_owned()),
+    };
     Ok(Started {
         agent,
         cgroup,
         fast,
         paced,
+        stats,
+        notes,
         _pins: pins,
     })
 }
@@ -231,53 +285,6 @@ spec:
     s
 }
 
-/// `<cgroup2>/sluice-bench-<pid>/<name>`, removed (its processes killed first) on drop.
-pub struct BenchCgroup {
-    path: PathBuf,
-}
-
-impl BenchCgroup {
-    fn new(name: &str) -> Result<Self> {
-        let text =
-            fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
-        let root = cgroup2_mount(&text).context("no cgroup2 filesystem is mounted")?;
-        let path = root
-            .join(format!("sluice-bench-{}", std::process::id()))
-            .join(name);
-        fs::create_dir_all(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
-        Ok(Self { path })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-}
-
-impl Drop for BenchCgroup {
-    fn drop(&mut self) {
-        for _ in 0..100 {
-            let pids: Vec<i32> = fs::read_to_string(self.path.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| l.trim().parse().ok())
-                .collect();
-            if pids.is_empty() {
-                break;
-            }
-            for pid in pids {
-                // SAFETY: kill has no memory preconditions; these are the bench's own loadgens.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = fs::remove_dir(&self.path);
-        // The per-run parent goes with the last variant; failing while others exist is normal.
-        if let Some(parent) = self.path.parent() {
-            let _ = fs::remove_dir(parent);
-        }
-    }
-}
-
 /// A bpffs pin directory given to the agent; whatever it left there is removed on drop.
 struct PinDir(PathBuf);
 
@@ -287,32 +294,9 @@ impl Drop for PinDir {
     }
 }
 
-/// The cgroup2 mount point from mountinfo (`... mountpoint ... - cgroup2 ...`).
-fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        left.split_whitespace().nth(4).map(PathBuf::from)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_the_cgroup2_mount_in_a_hybrid_layout() {
-        let text = "25 30 0:23 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
-26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:6 - cgroup2 cgroup2 rw,nsdelegate
-27 25 0:25 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu";
-        assert_eq!(
-            cgroup2_mount(text),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(cgroup2_mount("1 0 0:1 / / rw - ext4 /dev/sda rw"), None);
-    }
 
     #[test]
     fn the_policy_intercepts_both_backends_and_never_rejects() {

@@ -15,6 +15,12 @@ pub fn render(r: &Report) -> String {
         workload(&mut s, r, &w.id, &w.title, &w.settings);
     }
     memory_and_bpf(&mut s, r);
+    if !r.micro.is_empty() {
+        s.push_str("\n## Datapath micro-benchmarks (`tests::bench::`)\n\n");
+        for line in &r.micro {
+            let _ = writeln!(s, "- {line}");
+        }
+    }
     targets(&mut s, r);
     if !r.meta.notes.is_empty() {
         s.push_str("\n## Notes\n\n");

@@ -74,6 +74,7 @@ fn sample() -> Report {
             ..Meta::default()
         },
         loadgen_check: LoadgenCheck::default(),
+        micro: Vec::new(),
         paths: vec![
             path(
                 "direct",

@@ -37,6 +37,7 @@ fn report(paths: Vec<PathReport>) -> Report {
     let mut r = Report {
         meta: Meta::default(),
         loadgen_check: LoadgenCheck::default(),
+        micro: Vec::new(),
         paths,
         targets: Vec::new(),
     };
