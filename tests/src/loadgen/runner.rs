@@ -129,7 +129,10 @@ async fn worker(opts: Arc<Options>, clock: Clock, schedule: Option<Schedule>) ->
                 }
                 let free_at = Instant::now();
                 if free_at >= clock.hard_stop {
-                    let left = s.due_before(clock.end - clock.start).saturating_sub(n);
+                    // Requests due in the window that were never sent (those due during the
+                    // warm-up are not part of the measurement either way).
+                    let first = n.max(s.due_before(clock.measure_from - clock.start));
+                    let left = s.due_before(clock.end - clock.start).saturating_sub(first);
                     tally.unsent += left;
                     tally.due += left;
                     break;

@@ -153,3 +153,23 @@ async fn a_closed_loop_counts_completions_in_the_window_and_abandons_the_rest() 
     );
     server.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_that_never_leaves_the_warm_up_counts_only_the_window_as_unsent() {
+    // 20 req/s of capacity, 100 req/s asked, 0.5 s of warm-up (50 requests): by the hard
+    // stop the worker is still sending warm-up requests, so nothing in the window was sent,
+    // and exactly the window's 100 requests are unsent.
+    let pacing = Pacing {
+        ttft: Duration::from_millis(50),
+        itl: Duration::ZERO,
+    };
+    let (addr, server) = backend(pacing).await;
+    let mut opts = options(addr, Mode::Open { rate: 100.0 }, 1, false);
+    opts.warmup = Duration::from_millis(500);
+    opts.duration = Duration::from_secs(1);
+    opts.drain = Duration::from_millis(100);
+    let report = run(opts).await.unwrap();
+    assert_eq!((report.completed, report.unsent), (0, 100), "{report:?}");
+    assert!(report.saturated);
+    server.abort();
+}
