@@ -27,8 +27,9 @@ enum Verb {
     GenCrds,
     /// Run the demo: a node in network namespaces, the agent, a client and a model simulator.
     Demo,
-    /// Run the benchmarks (as root) and print what they measure.
-    Bench,
+    /// Benchmark sluice against direct, nginx, HAProxy and LiteLLM in one run
+    /// (target/bench/report.md and report.json).
+    Bench(bench::Options),
 }
 
 fn main() {
@@ -38,7 +39,7 @@ fn main() {
         Verb::Test(opts) => test::run(&opts),
         Verb::GenCrds => crds::run(),
         Verb::Demo => demo::run(),
-        Verb::Bench => bench::run(),
+        Verb::Bench(opts) => bench::run(&opts),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

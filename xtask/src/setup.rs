@@ -237,7 +237,7 @@ fn packages() -> Result<()> {
     )
 }
 
-fn installed(package: &str) -> bool {
+pub fn installed(package: &str) -> bool {
     cmd::probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
         .is_some_and(|o| o.status.success() && o.stdout.ends_with(b"install ok installed"))
 }

@@ -1,5 +1,5 @@
 //! The model-server simulator as a process, for the demo and benchmarks:
-//! `modelsim [--addr 127.0.0.1:8000] [--tps N] [--ttft-ms N] [--model NAME] [--workers N]`.
+//! `modelsim [--addr 127.0.0.1:8000] [--tps N | --itl-us N] [--ttft-ms N] [--model NAME] [--workers N]`.
 
 use std::time::Duration;
 
@@ -20,6 +20,11 @@ fn main() -> Result<()> {
         match flag.as_str() {
             "--addr" => config.addr = value.parse().context("--addr")?,
             "--tps" => config.tokens_per_second = value.parse().context("--tps")?,
+            // Inter-token latency: the bench's pacing unit (0: as fast as the client reads).
+            "--itl-us" => {
+                let us: u64 = value.parse().context("--itl-us")?;
+                config.tokens_per_second = if us == 0 { 0.0 } else { 1e6 / us as f64 };
+            }
             "--ttft-ms" => config.ttft = Duration::from_millis(value.parse().context("--ttft-ms")?),
             "--model" => config.model = value,
             "--workers" => config.workers = value.parse().context("--workers")?,
