@@ -151,6 +151,7 @@ async fn inference(
             prompt: &parsed.prompt,
             max_output_tokens: parsed.max_output_tokens,
             api_key: api_key(&parts.headers),
+            tenant_key: None,
         })
         .map_err(Error::RateLimited)?;
     let rate_headers = ticket.headers().clone();

@@ -92,6 +92,7 @@ pub(super) fn admit_model(
         prompt,
         max_output_tokens: max_out,
         api_key: None,
+        tenant_key: None,
     })
 }
 
@@ -394,6 +395,7 @@ fn embeddings_reserve_no_output() {
             prompt: &prompt,
             max_output_tokens: None,
             api_key: None,
+            tenant_key: None,
         })
         .unwrap();
     assert_eq!(state(&quota, "a", Dimension::TotalTokens).reserved, 60);
@@ -430,6 +432,7 @@ fn api_key_tenants_through_the_engine() {
         prompt: &p,
         max_output_tokens: Some(1),
         api_key: key,
+        tenant_key: None,
     };
     let _a = quota.admit(&req(Some("sk-team-a"))).unwrap();
     assert!(quota.admit(&req(Some("sk-team-a"))).is_err());
