@@ -49,6 +49,7 @@ pub mod reload;
 mod settle;
 pub mod state;
 pub mod tenant;
+pub mod usage;
 
 pub use self::{
     clock::{Clock, ManualClock, SystemClock},
