@@ -41,6 +41,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 mod counter;
+pub mod flags;
 pub mod headers;
 mod instance;
 pub mod lease;
@@ -57,6 +58,7 @@ pub use self::{
         ApiKeys, BudgetConfig, EnforceAt, LimitConfig, QuotaConfig, Scope, TenantKey, Window,
     },
     metrics::Metrics,
+    flags::QuotaArgs,
     state::{MemoryStore, Mirror, StateStore},
 };
 
@@ -78,6 +80,7 @@ pub struct Builder {
     metrics: Option<Metrics>,
     backend: Option<Arc<dyn cluster::LeaseBackend>>,
     adopted: Vec<(QuotaKey, QuotaValue)>,
+    store_capacity: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +101,8 @@ struct Inner {
     /// Where cluster budgets are shared (fixed for the engine's life).
     cluster_config: Option<cluster::ClusterConfig>,
     max_instances: usize,
+    /// Entries the state store holds; instances are capped so that theirs always fit.
+    store_capacity: Option<usize>,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
     registry: Arc<Registry>,
@@ -115,6 +120,8 @@ struct Inner {
 pub(crate) struct Table {
     tenant: TenantKey,
     slots: Vec<Option<Budget>>,
+    /// Instances held at most under these budgets (see [`Builder::store_capacity`]).
+    max_instances: usize,
 }
 
 // === impl Builder ===
@@ -133,6 +140,14 @@ impl Builder {
     /// The cluster store to use instead of the Redis server `QuotaConfig::cluster` names.
     pub fn backend(mut self, backend: Arc<dyn cluster::LeaseBackend>) -> Self {
         self.backend = Some(backend);
+        self
+    }
+
+    /// Entries the state store can hold: instances are then capped at
+    /// `capacity / (counters of the largest budget + 1)` (the `+ 1` is a tenant's connect
+    /// entry), so every instance's entries fit, whatever `max_instances` says.
+    pub fn store_capacity(mut self, capacity: usize) -> Self {
+        self.store_capacity = Some(capacity);
         self
     }
 
@@ -167,10 +182,12 @@ impl Builder {
             )?),
             None => None,
         };
-        let table = Table {
+        let table = Table::new(
             tenant,
-            slots: budgets.into_iter().map(|b| Some(Budget::new(b))).collect(),
-        };
+            budgets.into_iter().map(|b| Some(Budget::new(b))).collect(),
+            max_instances,
+            self.store_capacity,
+        );
         let adopted = self.adopted.into_iter().collect();
         Ok(Quota {
             inner: Arc::new(Inner {
@@ -178,6 +195,7 @@ impl Builder {
                 reloading: Mutex::new(()),
                 cluster_config,
                 max_instances,
+                store_capacity: self.store_capacity,
                 clock: self.clock,
                 metrics,
                 registry,
@@ -199,6 +217,7 @@ impl Quota {
             metrics: None,
             backend: None,
             adopted: Vec::new(),
+            store_capacity: None,
         }
     }
 
@@ -266,7 +285,7 @@ impl Inner {
             );
             let found = match self.registry.get(&key) {
                 Some(found) => found,
-                None if self.registry.len() >= self.max_instances => {
+                None if self.registry.len() >= table.max_instances => {
                     self.overflow(index, budget, instance_model, now_ms)
                 }
                 None => self.create(key, index, budget, tenant, instance_model, now_ms),
@@ -288,7 +307,7 @@ impl Inner {
         if self.registry.get(&key).is_none() {
             tracing::warn!(
                 budget = %budget.config.name,
-                max_instances = self.max_instances,
+                max_instances = self.table.load().max_instances,
                 "too many budget instances: new tenants share the overflow tenant's budget"
             );
         }
@@ -359,6 +378,26 @@ impl Inner {
 // === impl Table ===
 
 impl Table {
+    fn new(
+        tenant: TenantKey,
+        slots: Vec<Option<Budget>>,
+        max_instances: usize,
+        store_capacity: Option<usize>,
+    ) -> Self {
+        let counters = slots
+            .iter()
+            .flatten()
+            .map(|b| b.config.limits.iter().map(|l| l.dimensions().count()).sum::<usize>())
+            .max()
+            .unwrap_or(0);
+        let fits = store_capacity.map_or(usize::MAX, |c| c / (counters + 1));
+        Self {
+            tenant,
+            slots,
+            max_instances: max_instances.min(fits).max(1),
+        }
+    }
+
     /// The budgets in force, in slot order.
     pub(crate) fn budgets(&self) -> impl Iterator<Item = &Budget> {
         self.slots.iter().flatten()

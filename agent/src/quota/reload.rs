@@ -72,7 +72,8 @@ impl Quota {
         }
         .validate()?;
         let old = inner.table.load_full();
-        let (table, replaced, mut stats) = plan(&old, tenant, budgets);
+        let (slots, replaced, mut stats) = plan(&old, budgets);
+        let table = Table::new(tenant, slots, inner.max_instances, inner.store_capacity);
         let now = inner.clock.now_ms();
         for &(slot, successor) in &replaced {
             let Some(budget) = old.slot(slot) else {
@@ -97,13 +98,12 @@ impl Quota {
     }
 }
 
-/// The new table, the old slots it replaces (each with its successor's slot, if the budget
-/// still exists), and the counts.
+/// The new table's slots, the old slots it replaces (each with its successor's slot, if the
+/// budget still exists), and the counts.
 fn plan(
     old: &Table,
-    tenant: TenantKey,
     budgets: Vec<BudgetConfig>,
-) -> (Table, Vec<(u32, Option<u32>)>, Reloaded) {
+) -> (Vec<Option<Budget>>, Vec<(u32, Option<u32>)>, Reloaded) {
     let by_name: HashMap<&str, u32> = old
         .slots
         .iter()
@@ -143,7 +143,7 @@ fn plan(
             replaced.push((i, None));
         }
     }
-    (Table { tenant, slots }, replaced, stats)
+    (slots, replaced, stats)
 }
 
 // === impl Inner ===
