@@ -161,6 +161,7 @@ async fn inference(
                 head,
                 rest,
                 declared,
+                limit,
                 tenant_key,
             };
             return oversize::forward(shared, conn, request).await;

@@ -48,6 +48,8 @@ pub struct Oversized<'a> {
     pub head: Bytes,
     pub rest: Incoming,
     pub declared: Option<u64>,
+    /// The inspection limit: only this much of `head` is looked at.
+    pub limit: usize,
     pub tenant_key: Option<&'a TenantKey>,
 }
 
@@ -100,11 +102,13 @@ pub async fn forward(
         head,
         rest,
         declared,
+        limit,
         tenant_key,
     } = request;
     shared.metrics.inspection_skipped.inc();
     shared.bytes_upstream.inc_by(head.len() as u64);
-    let model = model_from_prefix(&head).unwrap_or_else(|| UNKNOWN_MODEL.to_owned());
+    let inspected = &head[..head.len().min(limit)];
+    let model = model_from_prefix(inspected).unwrap_or_else(|| UNKNOWN_MODEL.to_owned());
     let dst = shared.router.route(&RouteRequest {
         api,
         model: &model,
