@@ -28,13 +28,14 @@ const RESERVATION: u64 = PROMPT_TOKENS + MAX_TOKENS;
 /// One node of the cluster: its agent, two client pods (tenants `team-a` and `team-b`) and a
 /// model server.
 struct Member {
-    node: Node,
+    // Dropped in this order: the agent and the pods before their node.
+    agent: Option<AgentProcess>,
+    sim: ModelSim,
     a: Pod,
     b: Pod,
-    sim: ModelSim,
     to: SocketAddr,
-    agent: Option<AgentProcess>,
     _dir: TempDir,
+    node: Node,
 }
 
 impl Member {
@@ -143,12 +144,14 @@ fn two_nodes_share_one_budget_through_redis_and_survive_its_outage() {
         assert!(r.iter().all(|x| x["status"] == 200 || x["status"] == 429), "{r:?}");
     }
     let claimed = redis.total("sluice:quota:*");
+    eprintln!("redis up: tenant a spent {a:?} (sum {total}) against {LIMIT}; {claimed} claimed");
     assert!(claimed <= LIMIT + 2 * RESERVATION, "claims on record: {claimed}");
 
     // Redis dies: each node serves tenant b on its own, within its share (limit / 2 nodes).
     redis.kill();
     let outage = burst(&both, 'b', 60);
     let b = spent(&both, "b");
+    eprintln!("redis down: tenant b spent {b:?} against shares of {}", LIMIT / 2);
     for ((m, r), spent) in both.iter().zip(&outage).zip(&b) {
         let served = r.iter().filter(|x| x["status"] == 200).count();
         assert!(served > 0, "{}: stopped serving without Redis", m.node.netns().name());
@@ -182,6 +185,7 @@ fn two_nodes_share_one_budget_through_redis_and_survive_its_outage() {
     // And the cluster budget holds for tenant b from now on.
     let _ = burst(&both, 'b', 20);
     let after: u64 = spent(&both, "b").iter().sum();
+    eprintln!("redis back: {recorded} on record for tenant b; {after} spent in all");
     assert!(
         after <= LIMIT + 2 * RESERVATION,
         "tenant b got {after} against {LIMIT} across the outage"
