@@ -51,7 +51,7 @@ pub enum Error {
     #[error("starting the token budgets")]
     Quota(#[from] budgets::Error),
     #[error("reading the token budgets' state")]
-    QuotaState(#[source] budgets::state::Error),
+    QuotaState(#[from] budgets::state::Error),
     #[error("registering the datapath counters with Prometheus")]
     DatapathMetrics(#[source] prometheus::Error),
     #[error("installing the {signal} handler")]

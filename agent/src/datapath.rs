@@ -21,8 +21,7 @@ use std::{
 
 use aya::{Ebpf, EbpfError, maps::MapError, programs::ProgramError};
 use sluice_common::{
-    config::EXCLUDE_SYSTEM, counters::Counter, locality::LocalityValue, map_names,
-    quota::CallerKey,
+    config::EXCLUDE_SYSTEM, counters::Counter, locality::LocalityValue, map_names, quota::CallerKey,
 };
 use tokio::runtime::Handle;
 use tracing::{info, warn};

@@ -57,8 +57,8 @@ pub use self::{
     config::{
         ApiKeys, BudgetConfig, EnforceAt, LimitConfig, QuotaConfig, Scope, TenantKey, Window,
     },
-    metrics::Metrics,
     flags::QuotaArgs,
+    metrics::Metrics,
     state::{MemoryStore, Mirror, StateStore},
 };
 
@@ -144,8 +144,9 @@ impl Builder {
     }
 
     /// Entries the state store can hold: instances are then capped at
-    /// `capacity / (counters of the largest budget + 1)` (the `+ 1` is a tenant's connect
-    /// entry), so every instance's entries fit, whatever `max_instances` says.
+    /// `capacity / (counters of the largest budget + 1) - budgets` (the `+ 1` is a tenant's
+    /// connect entry, the `- budgets` their overflow instances), so every instance's entries
+    /// fit, whatever `max_instances` says.
     pub fn store_capacity(mut self, capacity: usize) -> Self {
         self.store_capacity = Some(capacity);
         self
@@ -387,10 +388,19 @@ impl Table {
         let counters = slots
             .iter()
             .flatten()
-            .map(|b| b.config.limits.iter().map(|l| l.dimensions().count()).sum::<usize>())
+            .map(|b| {
+                b.config
+                    .limits
+                    .iter()
+                    .map(|l| l.dimensions().count())
+                    .sum::<usize>()
+            })
             .max()
             .unwrap_or(0);
-        let fits = store_capacity.map_or(usize::MAX, |c| c / (counters + 1));
+        // Every budget may also hold one overflow instance.
+        let budgets = slots.iter().flatten().count();
+        let fits =
+            store_capacity.map_or(usize::MAX, |c| (c / (counters + 1)).saturating_sub(budgets));
         Self {
             tenant,
             slots,

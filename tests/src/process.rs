@@ -141,7 +141,9 @@ pub fn run_chat(mut cmd: Command) -> Vec<Value> {
     );
     let mut values: Vec<Value> = text
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("sluice-chat printed {l:?}: {e}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("sluice-chat printed {l:?}: {e}"))
+        })
         .collect();
     let summary = values.pop().unwrap_or_default();
     assert_eq!(summary["done"], true, "no summary line: {text}");

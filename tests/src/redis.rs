@@ -60,7 +60,11 @@ impl RedisServer {
             netns: Some(fd),
         };
         server.child = spawn(server.port, &server.dir, server.netns.as_ref());
-        assert!(server.child.is_some(), "{test}: redis-server did not start in {}", netns.name());
+        assert!(
+            server.child.is_some(),
+            "{test}: redis-server did not start in {}",
+            netns.name()
+        );
         server
     }
 

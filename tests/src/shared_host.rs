@@ -45,7 +45,10 @@ impl SharedHost {
     /// reaches it.
     pub fn attach(&self, node: &Node) -> IpAddr {
         let k = self.next.get();
-        assert!(k < MAX_LINKS, "a shared host takes at most {MAX_LINKS} nodes");
+        assert!(
+            k < MAX_LINKS,
+            "a shared host takes at most {MAX_LINKS} nodes"
+        );
         self.next.set(k + 1);
         let (node_if, host_if) = (format!("x{k}"), format!("h{k}"));
         let node_addr = Ipv4Addr::new(198, 18, 200 + k, 1);

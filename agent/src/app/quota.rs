@@ -42,7 +42,10 @@ impl Budgets {
         let store = datapath.quota_state();
         let adopted = store.load()?;
         if !adopted.is_empty() {
-            info!(entries = adopted.len(), "adopting the token budgets' state from QUOTA");
+            info!(
+                entries = adopted.len(),
+                "adopting the token budgets' state from QUOTA"
+            );
         }
         let node = config.source.node();
         let mut engine = QuotaConfig::new(TenantKey::Namespace, Vec::new());
@@ -123,11 +126,4 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
-}
-
-/// The budgets' share of the app's error type.
-impl From<quota::state::Error> for Error {
-    fn from(e: quota::state::Error) -> Self {
-        Error::QuotaState(e)
-    }
 }

@@ -81,7 +81,13 @@ pub(super) fn quotas(dir: &Path, json: bool) -> Result<String, Error> {
     ]);
     for r in &rows {
         let connect = r.dimension == "connect";
-        let dash = |v: u64| if connect { "-".to_owned() } else { v.to_string() };
+        let dash = |v: u64| {
+            if connect {
+                "-".to_owned()
+            } else {
+                v.to_string()
+            }
+        };
         t.row([
             r.tenant.clone(),
             or_dash(&r.budget),
@@ -112,9 +118,11 @@ fn view(k: &QuotaKey, v: &QuotaValue) -> QuotaView {
     let dimension = if connect {
         "connect".to_owned()
     } else {
-        Dimension::from_u32(k.dimension).map_or_else(|| k.dimension.to_string(), |d| d.label().to_owned())
+        Dimension::from_u32(k.dimension)
+            .map_or_else(|| k.dimension.to_string(), |d| d.label().to_owned())
     };
-    let window = Window::from_secs(u64::from(k.window_secs)).map_or_else(String::new, |w| w.to_string());
+    let window =
+        Window::from_secs(u64::from(k.window_secs)).map_or_else(String::new, |w| w.to_string());
     QuotaView {
         tenant: decode_name(&v.tenant),
         tenant_id: format!("{:016x}", k.tenant_id),
@@ -146,13 +154,15 @@ fn flags(bits: u32) -> Vec<&'static str> {
 }
 
 fn window_secs(r: &QuotaView) -> u64 {
-    r.window
-        .parse::<Window>()
-        .map_or(0, |w: Window| w.secs())
+    r.window.parse::<Window>().map_or(0, |w: Window| w.secs())
 }
 
 fn or_dash(s: &str) -> String {
-    if s.is_empty() { "-".to_owned() } else { s.to_owned() }
+    if s.is_empty() {
+        "-".to_owned()
+    } else {
+        s.to_owned()
+    }
 }
 
 /// `2026-05-20T10:01:00Z (in 42s)`.
@@ -194,12 +204,23 @@ mod tests {
         };
         let row = view(&k, &v);
         assert_eq!(
-            (row.tenant.as_str(), row.budget.as_str(), row.window.as_str(), row.dimension.as_str()),
+            (
+                row.tenant.as_str(),
+                row.budget.as_str(),
+                row.window.as_str(),
+                row.dimension.as_str()
+            ),
             ("team-a", "per-tenant", "1m", "total_tokens")
         );
-        assert_eq!((row.remaining, row.flags.clone()), (0, vec!["exhausted", "cluster"]));
+        assert_eq!(
+            (row.remaining, row.flags.clone()),
+            (0, vec!["exhausted", "cluster"])
+        );
         let connect = view(&sluice_common::quota::connect_key(1), &v);
-        assert_eq!((connect.dimension.as_str(), connect.window.as_str()), ("connect", ""));
+        assert_eq!(
+            (connect.dimension.as_str(), connect.window.as_str()),
+            ("connect", "")
+        );
         assert_eq!(
             window_end(1_779_271_260_000, 1_779_271_218_000),
             "2026-05-20T10:01:00Z (in 42s)"

@@ -70,7 +70,9 @@ impl QuotaMap {
 
 impl StateStore for QuotaMap {
     fn load(&self) -> Result<Vec<(QuotaKey, QuotaValue)>, state::Error> {
-        let entries = self.entries().map_err(|e| store_error("reading QUOTA", e))?;
+        let entries = self
+            .entries()
+            .map_err(|e| store_error("reading QUOTA", e))?;
         Ok(entries.into_iter().map(|(k, v)| (k.0, v)).collect())
     }
 

@@ -14,8 +14,8 @@ use sluice_common::quota::{CallerKey, fnv1a64};
 use super::{
     Store,
     crds::{
-        EnforcePoint, Oversize as OversizeSpec, Scope as ScopeSpec, TenantSource,
-        TokenBudgetSpec, TrafficPolicySpec, status::BudgetUsage,
+        EnforcePoint, Oversize as OversizeSpec, Scope as ScopeSpec, TenantSource, TokenBudgetSpec,
+        TrafficPolicySpec, status::BudgetUsage,
     },
     inputs::{Inputs, ObjectKey},
     snapshot::Snapshot,
@@ -25,8 +25,8 @@ use crate::{
     identity::Identity,
     policy::{Decision, Inspection, Oversize, PolicySource, RequestPolicy},
     quota::{
-        ApiKeys, BudgetConfig, EnforceAt, LimitConfig, Quota, Scope, TenantKey,
-        tenant::Tenant, usage::BudgetCounts,
+        ApiKeys, BudgetConfig, EnforceAt, LimitConfig, Quota, Scope, TenantKey, tenant::Tenant,
+        usage::BudgetCounts,
     },
 };
 

@@ -38,7 +38,10 @@ pub const UNKNOWN_MODEL: &str = "_unknown";
 pub enum Read {
     Whole(Bytes),
     /// Past the limit (`oversize: Passthrough` only): what was read, and the rest.
-    Over { head: Bytes, rest: Incoming },
+    Over {
+        head: Bytes,
+        rest: Incoming,
+    },
 }
 
 /// What the oversize path needs to know about the request.
@@ -288,7 +291,10 @@ mod tests {
     #[test]
     fn the_model_is_found_before_or_after_large_fields() {
         let m = |s: &str| model_from_prefix(s.as_bytes());
-        assert_eq!(m(r#"{"model":"llama","messages":[]}"#).as_deref(), Some("llama"));
+        assert_eq!(
+            m(r#"{"model":"llama","messages":[]}"#).as_deref(),
+            Some("llama")
+        );
         assert_eq!(
             m(r#" { "messages" : [{"role":"user","content":"a \" } ] {"}], "n": 2, "x": {"model": "inner"}, "model" : "gpt-4o" }"#)
                 .as_deref(),

@@ -90,7 +90,10 @@ mod tests {
         };
         let printed = format!("{args:?}");
         assert!(!printed.contains("s3cret"), "{printed}");
-        assert!(printed.contains("redis://sluice:***@10.0.0.7:6379/0"), "{printed}");
+        assert!(
+            printed.contains("redis://sluice:***@10.0.0.7:6379/0"),
+            "{printed}"
+        );
         assert_eq!(redact("redis://10.0.0.7:6379"), "redis://10.0.0.7:6379");
         let c = args.cluster("node-a", 0x5c).unwrap();
         assert_eq!((c.node_name.as_str(), c.agent_mark), ("node-a", Some(0x5c)));

@@ -54,11 +54,7 @@ pub struct Reloaded {
 impl Quota {
     /// Replaces the budgets and the default tenant key (see the module docs). An invalid
     /// configuration is refused and the current one stays.
-    pub fn reload(
-        &self,
-        tenant: TenantKey,
-        budgets: Vec<BudgetConfig>,
-    ) -> Result<Reloaded, Error> {
+    pub fn reload(&self, tenant: TenantKey, budgets: Vec<BudgetConfig>) -> Result<Reloaded, Error> {
         let inner = &self.inner;
         let _serial = inner
             .reloading
@@ -127,8 +123,9 @@ fn plan(
                 match found {
                     Some(&i) => {
                         stats.changed += 1;
-                        let same_keys =
-                            old.slot(i).is_some_and(|b| b.config.per_model == config.per_model);
+                        let same_keys = old
+                            .slot(i)
+                            .is_some_and(|b| b.config.per_model == config.per_model);
                         replaced.push((i, same_keys.then_some(new)));
                     }
                     None => stats.added += 1,
@@ -151,7 +148,11 @@ fn plan(
 impl Inner {
     /// Waits for a reload in progress to finish (a request that met a retired instance).
     pub(super) fn wait_reload(&self) {
-        drop(self.reloading.lock().unwrap_or_else(PoisonError::into_inner));
+        drop(
+            self.reloading
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
     }
 
     /// Retires every instance of `slot`, handing each counter's state to `successor` where it
@@ -178,7 +179,8 @@ impl Inner {
         // Instances born retired (a request raced with this reload) are removed too; only live
         // ones have state to hand over.
         // What an earlier reload carried into this budget and no instance took yet moves on.
-        let untaken = std::mem::take(&mut *budget.carry.lock().unwrap_or_else(PoisonError::into_inner));
+        let untaken =
+            std::mem::take(&mut *budget.carry.lock().unwrap_or_else(PoisonError::into_inner));
         for (key, counters) in untaken {
             for c in counters {
                 if shapes.contains(&(c.dim, c.window)) {

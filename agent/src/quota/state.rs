@@ -2,8 +2,8 @@
 //! ([`sluice_common::quota`]) for `bpftool`, `sluice inspect quotas` and connect4, and adopted
 //! again at start so that restarting the agent never hands out a fresh budget.
 //!
-//! [`StateStore`] is the seam: the pinned BPF map implements it in the datapath, and
-//! [`MemoryStore`] in tests. [`Mirror`] keeps a store in step with the engine: every tick
+//! [`StateStore`] is the seam: the pinned BPF map implements it
+//! ([`crate::datapath::QuotaMap`]), and [`MemoryStore`] in tests. [`Mirror`] keeps a store in step with the engine: every tick
 //! (50 ms by default, so a change is visible within 100 ms) it writes the instances that
 //! changed, refreshes connect4's per-tenant entries, and now and then retires idle instances.
 

@@ -557,6 +557,34 @@ fn past_max_instances_new_tenants_share_the_overflow_budget() {
 }
 
 #[test]
+fn instances_are_capped_so_that_their_entries_fit_the_store() {
+    // 4 counters per instance, plus a connect entry: 10 entries hold 2 instances, one of them
+    // the budget's overflow instance.
+    let limits = vec![
+        LimitConfig::new(w("1m"))
+            .input_tokens(100)
+            .output_tokens(100)
+            .total_tokens(100)
+            .requests(1),
+    ];
+    let quota = Quota::builder(QuotaConfig::new(
+        TenantKey::Namespace,
+        vec![BudgetConfig::new("b", limits)],
+    ))
+    .store_capacity(10)
+    .build()
+    .unwrap();
+    let p = Prompt::tokens(1);
+    let _a = admit(&quota, &pod("a"), &p, Some(1)).unwrap();
+    let _b = admit(&quota, &pod("b"), &p, Some(1)).unwrap();
+    assert!(
+        admit(&quota, &pod("c"), &p, Some(1)).is_err(),
+        "c shares b's overflow budget"
+    );
+    assert!(quota.snapshot().len() <= 8);
+}
+
+#[test]
 fn the_mirror_loop_publishes_a_change_promptly() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -295,7 +295,9 @@ mod tests {
             flags,
             ..QuotaValue::default()
         };
-        assert!(refuses_connect(&with(FLAG_EXHAUSTED | FLAG_ENFORCE_CONNECT)));
+        assert!(refuses_connect(&with(
+            FLAG_EXHAUSTED | FLAG_ENFORCE_CONNECT
+        )));
         assert!(refuses_connect(&with(
             FLAG_EXHAUSTED | FLAG_ENFORCE_CONNECT | FLAG_CLUSTER
         )));

@@ -13,11 +13,8 @@ fn snapshot(yaml: &str) -> Snapshot {
     cgroups.insert(POD_A, 100);
     cgroups.insert(POD_A, 101); // a container of pod a
     cgroups.insert(POD_B, 200);
-    Builder::new("node-a", "sluice", ["sluice".to_owned()], Vec::new()).build(
-        &inputs,
-        &cgroups,
-        true,
-    )
+    Builder::new("node-a", "sluice", ["sluice".to_owned()], Vec::new())
+        .build(&inputs, &cgroups, true)
 }
 
 fn pod(name: &str, ns: &str, uid: &str, team: &str) -> String {
@@ -49,7 +46,10 @@ fn a_token_budget_becomes_the_engines_budget() {
     assert_eq!(b.tenants, ["red"]);
     assert_eq!(b.models, ["m1", "m2"]);
     assert!(b.per_model);
-    assert_eq!((b.scope, b.enforce_at, b.default_max_tokens), (Scope::Node, EnforceAt::Connect, 77));
+    assert_eq!(
+        (b.scope, b.enforce_at, b.default_max_tokens),
+        (Scope::Node, EnforceAt::Connect, 77)
+    );
     let minute = LimitConfig::new("1m".parse().unwrap())
         .input_tokens(10)
         .output_tokens(20)
@@ -59,7 +59,11 @@ fn a_token_budget_becomes_the_engines_budget() {
     assert_eq!(b.limits, [minute, day]);
     let defaults = budgets(&snapshot(&budget_yaml("d", "")));
     assert_eq!(
-        (defaults[0].scope, defaults[0].enforce_at, defaults[0].default_max_tokens),
+        (
+            defaults[0].scope,
+            defaults[0].enforce_at,
+            defaults[0].default_max_tokens
+        ),
         (Scope::Node, EnforceAt::Proxy, 1024)
     );
 }
@@ -114,8 +118,14 @@ fn policies_decide_per_destination_and_caller() {
         Decision::Apply(p) => assert_eq!(p.name, "p"),
         d => panic!("{d:?}"),
     }
-    assert_eq!(policies.decide(dst, &snap.identify(200)), Decision::NotCovered);
-    assert_eq!(policies.decide(other, &snap.identify(100)), Decision::Defaults);
+    assert_eq!(
+        policies.decide(dst, &snap.identify(200)),
+        Decision::NotCovered
+    );
+    assert_eq!(
+        policies.decide(other, &snap.identify(100)),
+        Decision::Defaults
+    );
 }
 
 #[test]
@@ -137,10 +147,7 @@ fn connect_callers_are_the_covered_cgroups_of_tenants_with_connect_budgets() {
         _pad: 0,
     };
     // Pod b is in a namespace the policy does not select.
-    assert_eq!(
-        callers,
-        BTreeMap::from([(key(100), red), (key(101), red)])
-    );
+    assert_eq!(callers, BTreeMap::from([(key(100), red), (key(101), red)]));
     // A connect budget for other tenants only, or none at all: nobody.
     let blue_only = format!(
         "{POLICY}{NAMESPACES}{}{}",
@@ -201,10 +208,20 @@ fn usage_reports_each_tenant_and_window_busiest_first() {
     let minute: Vec<_> = usage.iter().filter(|u| u.window == "1m").collect();
     assert_eq!(minute.len(), 2);
     assert_eq!(
-        (minute[0].tenant.as_str(), minute[0].input_tokens, minute[0].output_tokens, minute[0].total_tokens, minute[0].requests),
+        (
+            minute[0].tenant.as_str(),
+            minute[0].input_tokens,
+            minute[0].output_tokens,
+            minute[0].total_tokens,
+            minute[0].requests
+        ),
         ("y", 6, 3, 9, 3)
     );
     assert_eq!(minute[1].tenant, "x");
-    assert!(usage.iter().any(|u| u.window == "1d" && u.tenant == "y" && u.total_tokens == 9));
+    assert!(
+        usage
+            .iter()
+            .any(|u| u.window == "1d" && u.tenant == "y" && u.total_tokens == 9)
+    );
     assert!(UsageSource::usage(&quota, "other").is_empty());
 }

@@ -34,7 +34,10 @@ fn an_unchanged_budget_keeps_its_counts_and_its_requests_in_flight() {
     let in_flight = admit(&quota, &who, &Prompt::tokens(100), Some(200)).unwrap();
     // `b` changes, `a` does not.
     let stats = quota
-        .reload(TenantKey::Namespace, vec![budget("a", 1000), budget("b", 2000)])
+        .reload(
+            TenantKey::Namespace,
+            vec![budget("a", 1000), budget("b", 2000)],
+        )
         .unwrap();
     assert_eq!((stats.kept, stats.changed, stats.retired), (1, 1, 1));
     let a = |q: &crate::quota::Quota| {
@@ -82,9 +85,7 @@ fn a_new_shape_keeps_matching_counters_and_starts_new_ones() {
         .finish(usage(100, 100));
     let mut reshaped = budget("b", 1000);
     reshaped.limits[0] = reshaped.limits[0].requests(10);
-    quota
-        .reload(TenantKey::Namespace, vec![reshaped])
-        .unwrap();
+    quota.reload(TenantKey::Namespace, vec![reshaped]).unwrap();
     admit(&quota, &who, &Prompt::tokens(1), Some(1))
         .unwrap()
         .finish(usage(1, 1));
@@ -102,9 +103,7 @@ fn changing_per_model_starts_over_and_a_removed_budget_stops_metering() {
     assert!(admit(&quota, &who, &Prompt::tokens(1), Some(1)).is_err());
     let mut per_model = budget("b", 1000);
     per_model.per_model = true;
-    quota
-        .reload(TenantKey::Namespace, vec![per_model])
-        .unwrap();
+    quota.reload(TenantKey::Namespace, vec![per_model]).unwrap();
     assert!(admit_model(&quota, &who, "m", &Prompt::tokens(1), Some(1)).is_ok());
 
     let stats = quota.reload(TenantKey::Namespace, Vec::new()).unwrap();
@@ -141,7 +140,11 @@ fn the_mirror_keeps_carried_entries_and_deletes_those_of_removed_budgets() {
     let entries = store.entries();
     assert_eq!(entries.len(), 1, "the removed budget's entry is deleted");
     let kept = entries.values().next().unwrap();
-    assert_eq!((kept.limit, kept.used), (1000, 20), "until its successor writes it");
+    assert_eq!(
+        (kept.limit, kept.used),
+        (1000, 20),
+        "until its successor writes it"
+    );
     admit(&quota, &who, &Prompt::tokens(1), Some(1))
         .unwrap()
         .finish(usage(1, 1));
@@ -187,7 +190,10 @@ fn requests_racing_with_reloads_never_exceed_the_budget_or_go_unmetered() {
     for w in workers {
         w.join().unwrap();
     }
-    assert!(reloads > 10, "only {reloads} reloads raced with the requests");
+    assert!(
+        reloads > 10,
+        "only {reloads} reloads raced with the requests"
+    );
     let admitted = admitted.load(Ordering::Relaxed);
     assert!(
         admitted * COST <= LIMIT,

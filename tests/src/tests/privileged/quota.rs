@@ -77,8 +77,13 @@ pub fn pod_yaml(pod: &Pod, namespace: &str, node: &str) -> String {
 /// Runs `sluice-chat` from `pod` against `to` with `args`; one JSON value per request.
 pub fn chat(pod: &Pod, to: SocketAddr, args: &[&str]) -> Vec<Value> {
     let mut cmd = pod.command(chat_binary());
-    cmd.args(["--to", &to.to_string(), "--prompt-words", &PROMPT_WORDS.to_string()])
-        .args(args);
+    cmd.args([
+        "--to",
+        &to.to_string(),
+        "--prompt-words",
+        &PROMPT_WORDS.to_string(),
+    ])
+    .args(args);
     run_chat(cmd)
 }
 
@@ -87,13 +92,21 @@ pub fn chat(pod: &Pod, to: SocketAddr, args: &[&str]) -> Vec<Value> {
 pub fn wait_metered(pod: &Pod, to: SocketAddr, tag: &str, within: Duration) -> Value {
     let deadline = Instant::now() + within;
     loop {
-        let r = chat(pod, to, &["--count", "1", "--max-tokens", "1", "--tag", tag]).remove(0);
+        let r = chat(
+            pod,
+            to,
+            &["--count", "1", "--max-tokens", "1", "--tag", tag],
+        )
+        .remove(0);
         if r["headers"]["x-ratelimit-limit-tokens"].is_string()
             || r["headers"]["x-ratelimit-limit-requests"].is_string()
         {
             return r;
         }
-        assert!(Instant::now() < deadline, "never metered within {within:?}: {r}");
+        assert!(
+            Instant::now() < deadline,
+            "never metered within {within:?}: {r}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -131,7 +144,12 @@ pub fn wait_quotas(node: &Node, within: Duration, done: impl Fn(&[Value]) -> boo
 pub fn metric(node: &Node, admin_port: u16, name: &str, needles: &[&str]) -> f64 {
     let out = node
         .command("curl")
-        .args(["-sS", "--max-time", "5", &format!("http://127.0.0.1:{admin_port}/metrics")])
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{admin_port}/metrics"),
+        ])
         .output()
         .unwrap_or_else(|e| panic!("curl: {e}"));
     String::from_utf8_lossy(&out.stdout)

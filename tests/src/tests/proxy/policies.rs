@@ -108,7 +108,13 @@ fn a_caller_the_policy_does_not_cover_passes_unchanged_and_unmetered() {
         CHAT_STREAM.as_bytes(),
         "no usage request spliced in: the body is not touched"
     );
-    assert!(admission.admitted.lock().unwrap_or_else(|p| p.into_inner()).is_empty());
+    assert!(
+        admission
+            .admitted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    );
     assert_eq!(
         proxy.metric(r#"sluice_requests_total{code="200",kind="passthrough"}"#),
         1.0
@@ -118,7 +124,14 @@ fn a_caller_the_policy_does_not_cover_passes_unchanged_and_unmetered() {
     decisions.set(Decision::Defaults);
     let r = chat(&proxy, CHAT);
     assert_eq!(r.status, 200);
-    assert_eq!(admission.admitted.lock().unwrap_or_else(|p| p.into_inner()).len(), 1);
+    assert_eq!(
+        admission
+            .admitted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len(),
+        1
+    );
 }
 
 #[test]
@@ -143,8 +156,16 @@ fn the_policys_tenant_key_names_the_budget_and_429s_come_from_the_quota_engine()
     });
     let ok = chat(&proxy, CHAT);
     assert_eq!(ok.status, 200, "{ok:?}");
-    assert!(ok.headers.contains("x-ratelimit-limit-requests: 1"), "{}", ok.headers);
-    assert!(ok.headers.contains("x-ratelimit-remaining-requests: 0"), "{}", ok.headers);
+    assert!(
+        ok.headers.contains("x-ratelimit-limit-requests: 1"),
+        "{}",
+        ok.headers
+    );
+    assert!(
+        ok.headers.contains("x-ratelimit-remaining-requests: 0"),
+        "{}",
+        ok.headers
+    );
 
     let refused = chat(&proxy, CHAT);
     assert_eq!(refused.status, 429, "{refused:?}");
@@ -152,11 +173,21 @@ fn the_policys_tenant_key_names_the_budget_and_429s_come_from_the_quota_engine()
     assert_eq!(body["error"]["type"], "requests");
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
     let message = body["error"]["message"].as_str().unwrap_or_default();
-    assert!(message.contains("by tenant red"), "the label's tenant: {message}");
+    assert!(
+        message.contains("by tenant red"),
+        "the label's tenant: {message}"
+    );
     let headers = refused.headers.to_ascii_lowercase();
     assert!(headers.contains("retry-after: "), "{headers}");
-    assert!(headers.contains("x-ratelimit-reset-requests: "), "{headers}");
-    assert_eq!(sim.records().len(), 1, "the refused request reached no server");
+    assert!(
+        headers.contains("x-ratelimit-reset-requests: "),
+        "{headers}"
+    );
+    assert_eq!(
+        sim.records().len(),
+        1,
+        "the refused request reached no server"
+    );
 
     // Under the namespace key the same caller is another tenant, with its own budget.
     decisions.set(policy(TenantKey::Namespace, 1 << 20, Oversize::Reject));
@@ -174,7 +205,11 @@ fn an_upstream_failure_after_admission_still_carries_the_rate_limit_headers() {
     });
     let r = chat(&proxy, CHAT);
     assert_eq!(r.status, 502, "{r:?}");
-    assert!(r.headers.contains("x-ratelimit-remaining-tokens: 1000"), "{}", r.headers);
+    assert!(
+        r.headers.contains("x-ratelimit-remaining-tokens: 1000"),
+        "{}",
+        r.headers
+    );
     let settled = admission.wait_settled(1, Duration::from_secs(5));
     assert_eq!((settled[0].input_tokens, settled[0].output_tokens), (0, 0));
 }
@@ -210,14 +245,40 @@ fn oversize_bodies_are_refused_or_passed_uninspected_and_still_metered() {
     decisions.set(policy(TenantKey::Namespace, 1024, Oversize::Passthrough));
     let r = chat(&proxy, &body);
     assert_eq!(r.status, 200, "{r:?}");
-    assert!(r.headers.contains("x-sluice-inspection: skipped"), "{}", r.headers);
-    assert!(r.headers.contains("x-ratelimit-remaining-tokens"), "{}", r.headers);
+    assert!(
+        r.headers.contains("x-sluice-inspection: skipped"),
+        "{}",
+        r.headers
+    );
+    assert!(
+        r.headers.contains("x-ratelimit-remaining-tokens"),
+        "{}",
+        r.headers
+    );
     let records = sim.records();
-    assert_eq!(&records[0].body[..], body.as_bytes(), "forwarded whole and unchanged");
-    let admitted = admission.admitted.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    assert_eq!(admitted[0].0, "llama-3-8b", "the model from the inspected part");
-    assert_eq!(admitted[0].1, None, "the output cap was not inspected: default reservation");
-    assert_eq!(admitted[0].2, body.len() as u64, "reserved at the body's size");
+    assert_eq!(
+        &records[0].body[..],
+        body.as_bytes(),
+        "forwarded whole and unchanged"
+    );
+    let admitted = admission
+        .admitted
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    assert_eq!(
+        admitted[0].0, "llama-3-8b",
+        "the model from the inspected part"
+    );
+    assert_eq!(
+        admitted[0].1, None,
+        "the output cap was not inspected: default reservation"
+    );
+    assert_eq!(
+        admitted[0].2,
+        body.len() as u64,
+        "reserved at the body's size"
+    );
     let settled = admission.wait_settled(1, Duration::from_secs(5));
     assert_eq!(
         (settled[0].input_tokens, settled[0].output_tokens),
@@ -229,7 +290,11 @@ fn oversize_bodies_are_refused_or_passed_uninspected_and_still_metered() {
     // The model after a prompt larger than the limit is not known: metered as `_unknown`.
     let late = big_chat(false, 1000);
     assert_eq!(chat(&proxy, &late).status, 200);
-    let admitted = admission.admitted.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let admitted = admission
+        .admitted
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     assert_eq!(admitted[1].0, "_unknown");
     assert_eq!(proxy.metric("sluice_inspection_skipped_total"), 2.0);
 
@@ -238,6 +303,13 @@ fn oversize_bodies_are_refused_or_passed_uninspected_and_still_metered() {
     let r = chat(&proxy, &small);
     assert_eq!(r.status, 200);
     assert!(!r.headers.contains("x-sluice-inspection"), "{}", r.headers);
-    let admitted = admission.admitted.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    assert_eq!((admitted[2].0.as_str(), admitted[2].1), ("llama-3-8b", Some(5)));
+    let admitted = admission
+        .admitted
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    assert_eq!(
+        (admitted[2].0.as_str(), admitted[2].1),
+        ("llama-3-8b", Some(5))
+    );
 }

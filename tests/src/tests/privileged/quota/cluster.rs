@@ -62,8 +62,18 @@ impl Member {
         let dir_arg = dir.path().to_string_lossy().into_owned();
         let url = redis.url_at(redis_addr);
         let agent = node.start_agent(&[
-            "--config", &dir_arg, "--node-name", test, "--redis-url", &url,
-            "--quota-expected-nodes", "2", "--redis-timeout", "200ms", "--redis-retry", "300ms",
+            "--config",
+            &dir_arg,
+            "--node-name",
+            test,
+            "--redis-url",
+            &url,
+            "--quota-expected-nodes",
+            "2",
+            "--redis-timeout",
+            "200ms",
+            "--redis-retry",
+            "300ms",
         ]);
         Self {
             node,
@@ -95,10 +105,22 @@ fn burst(members: &[&Member], which: char, count: usize) -> Vec<Vec<Value>> {
             .map(|(pod, to)| {
                 let (max, count, tag) = (&max, &count, which.to_string());
                 s.spawn(move || {
-                    chat(pod, to, &[
-                        "--count", count, "--concurrency", "4", "--stream-every", "2",
-                        "--max-tokens", max, "--tag", &tag,
-                    ])
+                    chat(
+                        pod,
+                        to,
+                        &[
+                            "--count",
+                            count,
+                            "--concurrency",
+                            "4",
+                            "--stream-every",
+                            "2",
+                            "--max-tokens",
+                            max,
+                            "--tag",
+                            &tag,
+                        ],
+                    )
                 })
             })
             .collect();
@@ -111,7 +133,15 @@ fn burst(members: &[&Member], which: char, count: usize) -> Vec<Vec<Value>> {
 fn spent(members: &[&Member], tag: &str) -> Vec<u64> {
     members
         .iter()
-        .map(|m| served(&m.sim.wait_for(Duration::from_secs(5), |rs| rs.iter().all(|r| r.completed || r.aborted)), tag).0)
+        .map(|m| {
+            served(
+                &m.sim.wait_for(Duration::from_secs(5), |rs| {
+                    rs.iter().all(|r| r.completed || r.aborted)
+                }),
+                tag,
+            )
+            .0
+        })
         .collect()
 }
 
@@ -138,23 +168,43 @@ fn two_nodes_share_one_budget_through_redis_and_survive_its_outage() {
         total <= LIMIT + 2 * RESERVATION,
         "the cluster admitted {total} ({a:?}) against {LIMIT}"
     );
-    assert!(total >= LIMIT / 2, "the budget, not the workload, stopped them: {a:?}");
+    assert!(
+        total >= LIMIT / 2,
+        "the budget, not the workload, stopped them: {a:?}"
+    );
     for (m, r) in both.iter().zip(&results) {
-        assert!(r.iter().any(|x| x["status"] == 429), "{}: never refused", m.node.netns().name());
-        assert!(r.iter().all(|x| x["status"] == 200 || x["status"] == 429), "{r:?}");
+        assert!(
+            r.iter().any(|x| x["status"] == 429),
+            "{}: never refused",
+            m.node.netns().name()
+        );
+        assert!(
+            r.iter().all(|x| x["status"] == 200 || x["status"] == 429),
+            "{r:?}"
+        );
     }
     let claimed = redis.total("sluice:quota:*");
     eprintln!("redis up: tenant a spent {a:?} (sum {total}) against {LIMIT}; {claimed} claimed");
-    assert!(claimed <= LIMIT + 2 * RESERVATION, "claims on record: {claimed}");
+    assert!(
+        claimed <= LIMIT + 2 * RESERVATION,
+        "claims on record: {claimed}"
+    );
 
     // Redis dies: each node serves tenant b on its own, within its share (limit / 2 nodes).
     redis.kill();
     let outage = burst(&both, 'b', 60);
     let b = spent(&both, "b");
-    eprintln!("redis down: tenant b spent {b:?} against shares of {}", LIMIT / 2);
+    eprintln!(
+        "redis down: tenant b spent {b:?} against shares of {}",
+        LIMIT / 2
+    );
     for ((m, r), spent) in both.iter().zip(&outage).zip(&b) {
         let served = r.iter().filter(|x| x["status"] == 200).count();
-        assert!(served > 0, "{}: stopped serving without Redis", m.node.netns().name());
+        assert!(
+            served > 0,
+            "{}: stopped serving without Redis",
+            m.node.netns().name()
+        );
         assert!(
             *spent <= LIMIT / 2 + RESERVATION,
             "{}: spent {spent} beyond its share {}",
@@ -165,7 +215,10 @@ fn two_nodes_share_one_budget_through_redis_and_survive_its_outage() {
     }
     for m in both {
         let log = m.agent.as_ref().map(AgentProcess::log).unwrap_or_default();
-        assert!(log.contains("cluster quota store unreachable"), "no log line: {log}");
+        assert!(
+            log.contains("cluster quota store unreachable"),
+            "no log line: {log}"
+        );
     }
 
     // Redis is back (empty): both recover by themselves and put the outage's spending on record.
@@ -174,14 +227,21 @@ fn two_nodes_share_one_budget_through_redis_and_survive_its_outage() {
     while both.iter().any(|m| m.degraded() != 0.0) {
         // Store operations happen on demand: keep the counters asking.
         for m in both {
-            let _ = chat(&m.b, m.to, &["--count", "1", "--max-tokens", "1", "--tag", "b"]);
+            let _ = chat(
+                &m.b,
+                m.to,
+                &["--count", "1", "--max-tokens", "1", "--tag", "b"],
+            );
         }
         assert!(std::time::Instant::now() < deadline, "never recovered");
         thread::sleep(Duration::from_millis(200));
     }
     let b: Vec<u64> = spent(&both, "b");
     let recorded = wait_recorded(&redis, b.iter().sum());
-    assert!(recorded >= b.iter().sum::<u64>(), "outage spending lost: {recorded} < {b:?}");
+    assert!(
+        recorded >= b.iter().sum::<u64>(),
+        "outage spending lost: {recorded} < {b:?}"
+    );
     // And the cluster budget holds for tenant b from now on.
     let _ = burst(&both, 'b', 20);
     let after: u64 = spent(&both, "b").iter().sum();

@@ -80,10 +80,16 @@ fn an_exhausted_tenant_is_refused_at_connect_and_others_are_not() {
     loop {
         let dump = bpftool::dump(&node.pin_dir().join("QUOTA_TENANTS")).to_string();
         if dump.contains(&format!("\"cgroup_id\":{}", a.cgroup.id())) {
-            assert!(!dump.contains(&format!("\"cgroup_id\":{}", b.cgroup.id())), "{dump}");
+            assert!(
+                !dump.contains(&format!("\"cgroup_id\":{}", b.cgroup.id())),
+                "{dump}"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "team-a's cgroup never mapped: {dump}");
+        assert!(
+            Instant::now() < deadline,
+            "team-a's cgroup never mapped: {dump}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 
@@ -100,12 +106,23 @@ fn an_exhausted_tenant_is_refused_at_connect_and_others_are_not() {
             "connect4 still lets team-a through"
         );
     }
-    eprintln!("connect refused {:?} after the budget ran out", exhausted_at.elapsed());
-    assert!(counters(&node)["refused_quota"] > before, "the refusal is counted");
+    eprintln!(
+        "connect refused {:?} after the budget ran out",
+        exhausted_at.elapsed()
+    );
+    assert!(
+        counters(&node)["refused_quota"] > before,
+        "the refusal is counted"
+    );
     assert!(!refused(&b, to), "team-b has no connect-enforced budget");
-    let entries = wait_quotas(&node, Duration::from_secs(1), |e| entry(e, "team-a", "connect").is_some());
+    let entries = wait_quotas(&node, Duration::from_secs(1), |e| {
+        entry(e, "team-a", "connect").is_some()
+    });
     let flags = entry(&entries, "team-a", "connect").map(|e| e["flags"].clone());
-    assert_eq!(flags, Some(serde_json::json!(["exhausted", "enforce-connect"])));
+    assert_eq!(
+        flags,
+        Some(serde_json::json!(["exhausted", "enforce-connect"]))
+    );
     // The client sees the refusal as a failed connect, not an HTTP answer.
     let r = chat(&a, to, &["--count", "1"]).remove(0);
     assert_eq!(r["status"], 0, "{r}");
@@ -113,7 +130,10 @@ fn an_exhausted_tenant_is_refused_at_connect_and_others_are_not() {
     // The window ends: team-a connects again.
     let deadline = Instant::now() + Duration::from_secs(WINDOW_SECS + 2);
     while refused(&a, to) {
-        assert!(Instant::now() < deadline, "still refused after the window ended");
+        assert!(
+            Instant::now() < deadline,
+            "still refused after the window ended"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -55,9 +55,20 @@ fn two_tenants_one_over_budget_one_within_through_the_whole_agent() {
                 &a,
                 to,
                 &[
-                    "--count", "150", "--concurrency", "8", "--stream-every", "2",
-                    "--abort-every", "3", "--abort-after-ms", "30", "--max-tokens", &max,
-                    "--tag", "a",
+                    "--count",
+                    "150",
+                    "--concurrency",
+                    "8",
+                    "--stream-every",
+                    "2",
+                    "--abort-every",
+                    "3",
+                    "--abort-after-ms",
+                    "30",
+                    "--max-tokens",
+                    &max,
+                    "--tag",
+                    "a",
                 ],
             )
         });
@@ -65,15 +76,33 @@ fn two_tenants_one_over_budget_one_within_through_the_whole_agent() {
             chat(
                 &b,
                 to,
-                &["--count", "30", "--concurrency", "2", "--stream-every", "3", "--max-tokens", &max, "--tag", "b"],
+                &[
+                    "--count",
+                    "30",
+                    "--concurrency",
+                    "2",
+                    "--stream-every",
+                    "3",
+                    "--max-tokens",
+                    &max,
+                    "--tag",
+                    "b",
+                ],
             )
         });
-        let light = light.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        let light = light
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
         for r in &light {
-            assert_eq!(r["status"], 200, "the tenant within its budget is unaffected: {r}");
+            assert_eq!(
+                r["status"], 200,
+                "the tenant within its budget is unaffected: {r}"
+            );
             assert_eq!(header(r, "x-ratelimit-limit-tokens"), Some("3000"), "{r}");
         }
-        heavy.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
+        heavy
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
     });
 
     let refused: Vec<&Value> = heavy.iter().filter(|r| r["status"] == 429).collect();
@@ -95,23 +124,31 @@ fn two_tenants_one_over_budget_one_within_through_the_whole_agent() {
     let (spent_a, served_a) = served(&records, "a");
     let (spent_b, _) = served(&records, "b");
     let one_reservation = PROMPT_TOKENS + MAX_TOKENS;
-    assert_eq!(served_a, heavy.len() - refused.len(), "admitted = reached the server");
+    assert_eq!(
+        served_a,
+        heavy.len() - refused.len(),
+        "admitted = reached the server"
+    );
     assert!(
         spent_a <= LIMIT + one_reservation,
         "team-a spent {spent_a} against {LIMIT} (+{one_reservation})"
     );
-    assert!(spent_a >= LIMIT / 2, "the budget, not the workload, stopped team-a: {spent_a}");
+    assert!(
+        spent_a >= LIMIT / 2,
+        "the budget, not the workload, stopped team-a: {spent_a}"
+    );
 
     // Once every request settled, the agent's count is the server's, less only what abandoned
     // streams had in flight between server and agent when their clients left (the server
     // counts tokens it queued; at 400 tokens/s, 10 tokens are 25 ms). Their unused
     // reservations came back: had they been kept, `used` would exceed the server's count.
     let entries = wait_quotas(&node, Duration::from_secs(3), |e| {
-        ["team-a", "team-b"].iter().all(|t| {
-            entry(e, t, "total_tokens").is_some_and(|v| v["reserved"] == 0)
-        })
+        ["team-a", "team-b"]
+            .iter()
+            .all(|t| entry(e, t, "total_tokens").is_some_and(|v| v["reserved"] == 0))
     });
-    let used = |t| entry(&entries, t, "total_tokens").map_or(0, |v| v["used"].as_u64().unwrap_or(0));
+    let used =
+        |t| entry(&entries, t, "total_tokens").map_or(0, |v| v["used"].as_u64().unwrap_or(0));
     eprintln!(
         "team-a: {} requests, {} refused, {} abandoned; server {spent_a} tokens, agent {}; team-b: server {spent_b}, agent {}",
         heavy.len(),
@@ -129,16 +166,29 @@ fn two_tenants_one_over_budget_one_within_through_the_whole_agent() {
         aborted.len()
     );
     for r in records.iter().filter(|r| r.aborted) {
-        assert!(r.generated < MAX_TOKENS, "an abandoned stream ran to its end: {r:?}");
+        assert!(
+            r.generated < MAX_TOKENS,
+            "an abandoned stream ran to its end: {r:?}"
+        );
     }
 
     assert_eq!(
-        metric(&node, 15090, "sluice_quota_requests_total", &["tenant=\"team-a\"", "decision=\"rejected\""]),
+        metric(
+            &node,
+            15090,
+            "sluice_quota_requests_total",
+            &["tenant=\"team-a\"", "decision=\"rejected\""]
+        ),
         refused.len() as f64,
         "every 429 is counted"
     );
     assert_eq!(
-        metric(&node, 15090, "sluice_quota_requests_total", &["tenant=\"team-b\"", "decision=\"rejected\""]),
+        metric(
+            &node,
+            15090,
+            "sluice_quota_requests_total",
+            &["tenant=\"team-b\"", "decision=\"rejected\""]
+        ),
         0.0
     );
 }
@@ -159,6 +209,12 @@ fn check_429(r: &Value) {
     let remaining: u64 = header(r, "x-ratelimit-remaining-tokens")
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("remaining: {r}"));
-    assert!(remaining < PROMPT_TOKENS + MAX_TOKENS + 56, "refused with room left: {r}");
-    assert!(header(r, "x-ratelimit-reset-tokens").is_some_and(|v| v.ends_with('s')), "{r}");
+    assert!(
+        remaining < PROMPT_TOKENS + MAX_TOKENS + 56,
+        "refused with room left: {r}"
+    );
+    assert!(
+        header(r, "x-ratelimit-reset-tokens").is_some_and(|v| v.ends_with('s')),
+        "{r}"
+    );
 }

@@ -42,7 +42,10 @@ fn restarting_the_agent_never_hands_out_a_fresh_budget() {
     let entries = wait_quotas(&node, Duration::from_secs(2), |e| {
         entry(e, "team-a", "requests").is_some_and(|v| v["used"] == 3)
     });
-    assert_eq!(entry(&entries, "team-a", "requests").map(|v| v["used"].clone()), Some(3.into()));
+    assert_eq!(
+        entry(&entries, "team-a", "requests").map(|v| v["used"].clone()),
+        Some(3.into())
+    );
 
     // A crash: nothing is cleaned up, and the state stays readable without an agent.
     agent.kill();
@@ -56,23 +59,48 @@ fn restarting_the_agent_never_hands_out_a_fresh_budget() {
     let (ok, table, err) = node.sluice(&["inspect", "quotas", "--pin-dir", &pin]);
     assert!(ok, "{err}");
     let head = table.lines().next().unwrap_or_default();
-    for column in ["TENANT", "BUDGET", "WINDOW", "DIMENSION", "LIMIT", "USED", "RESERVED", "REMAINING", "WINDOW END", "FLAGS"] {
+    for column in [
+        "TENANT",
+        "BUDGET",
+        "WINDOW",
+        "DIMENSION",
+        "LIMIT",
+        "USED",
+        "RESERVED",
+        "REMAINING",
+        "WINDOW END",
+        "FLAGS",
+    ] {
         assert!(head.contains(column), "{column} missing: {table}");
     }
-    assert!(table.contains("team-a") && table.contains("per-tenant"), "{table}");
+    assert!(
+        table.contains("team-a") && table.contains("per-tenant"),
+        "{table}"
+    );
 
     // The next agent adopts the state: 3 of 5 requests are spent, not 0.
     let mut agent = node.start_agent(&args);
     let second = chat(&a, to, &["--count", "4", "--max-tokens", "4", "--tag", "a"]);
     let statuses: Vec<_> = second.iter().map(|r| r["status"].as_u64()).collect();
-    assert_eq!(statuses, [Some(200), Some(200), Some(429), Some(429)], "{second:?}");
+    assert_eq!(
+        statuses,
+        [Some(200), Some(200), Some(429), Some(429)],
+        "{second:?}"
+    );
 
     // A clean stop that leaves the datapath for the next agent (an upgrade) keeps it too.
-    assert!(agent.stop(Duration::from_secs(10)), "the agent did not stop on SIGTERM");
+    assert!(
+        agent.stop(Duration::from_secs(10)),
+        "the agent did not stop on SIGTERM"
+    );
     let _agent = node.start_agent(&args);
     let third = chat(&a, to, &["--count", "1", "--max-tokens", "4", "--tag", "a"]);
     assert_eq!(third[0]["status"], 429, "{third:?}");
-    assert_eq!(sim.records().len(), 5, "exactly the budget reached the server");
+    assert_eq!(
+        sim.records().len(),
+        5,
+        "exactly the budget reached the server"
+    );
     let requests = entry(&quotas(&node), "team-a", "requests").cloned();
     assert_eq!(requests.map(|v| v["used"].clone()), Some(5.into()));
 }
