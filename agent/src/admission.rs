@@ -57,6 +57,9 @@ pub struct AdmissionRequest<'a> {
     /// The client's API key, when it sent one (`Authorization: Bearer` or `x-api-key`), for
     /// tenant mapping by key.
     pub api_key: Option<&'a str>,
+    /// How this request's tenant is derived: the policy that intercepted it says; `None`
+    /// leaves it to the admission's own default.
+    pub tenant_key: Option<&'a crate::quota::TenantKey>,
 }
 
 /// Headers to put on the response (OpenAI's `x-ratelimit-*`), in order.

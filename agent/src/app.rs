@@ -26,9 +26,15 @@ use crate::{
         desired::{DatapathState, FlagRuleSettings, datapath_state},
         source::Running,
     },
+    policy::{NoPolicies, PolicySource},
     proxy::{self, Deps, Proxy},
+    quota::{self as budgets, Quota},
     telemetry::admin::{self, Admin, Readiness},
 };
+
+mod quota;
+
+use self::quota::{Budgets, Synced};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -42,6 +48,10 @@ pub enum Error {
     Metrics(#[from] proxy::metrics::Error),
     #[error(transparent)]
     Source(#[from] kube::Error),
+    #[error("starting the token budgets")]
+    Quota(#[from] budgets::Error),
+    #[error("reading the token budgets' state")]
+    QuotaState(#[from] budgets::state::Error),
     #[error("registering the datapath counters with Prometheus")]
     DatapathMetrics(#[source] prometheus::Error),
     #[error("installing the {signal} handler")]
@@ -79,24 +89,41 @@ pub async fn run(config: Config) -> Result<(), Error> {
         "datapath attached"
     );
 
+    let budgets = Budgets::start(&config, &datapath, &registry)?;
     // Files or the Kubernetes API, when configured; the flags' rules stay in force until its
     // first complete snapshot replaces them.
     let source = kube::source::start(
         &config.source,
         config.intercepts.clone(),
         config.agent_mark,
-        None,
+        Some(Arc::new(budgets.quota.clone())),
     )
     .await?;
-    let identity: Arc<dyn IdentitySource> = match &source {
-        Some(running) => Arc::new(running.identity.clone()),
-        None => Arc::new(CgroupOnly),
+    let mut synced = Synced::default();
+    let (identity, policy): (Arc<dyn IdentitySource>, Arc<dyn PolicySource>) = match &source {
+        Some(running) => {
+            // Files are read before this point: their budgets apply before the first request.
+            let snap = running.store.load();
+            if snap.complete {
+                synced.apply(&budgets.quota, &mut datapath, &snap);
+            }
+            (
+                Arc::new(running.identity.clone()),
+                Arc::new(kube::quota::SnapshotPolicies::new(running.store.clone())),
+            )
+        }
+        None => (Arc::new(CgroupOnly), Arc::new(NoPolicies)),
     };
     let serving = if config.external_proxy {
         info!("external proxy mode: the proxy addresses are served by another transparent proxy");
         Vec::new()
     } else {
-        serve_proxies(&config, &datapath, identity, &registry, &admin)?
+        let deps = Deps {
+            admission: Arc::new(budgets.quota.clone()),
+            policy,
+            ..Deps::transparent(Arc::new(datapath.interceptions()?), identity)
+        };
+        serve_proxies(&config, deps, &registry, &admin)?
     };
     drop(proxy_ready);
 
@@ -107,9 +134,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
     match &source {
         Some(running) => {
+            let sync = sync_datapath(running, &config, &mut datapath, &budgets.quota, synced);
             tokio::select! {
                 () = shutdown => {}
-                () = sync_datapath(running, &config, &mut datapath) => {}
+                () = sync => {}
             }
         }
         None => shutdown.await,
@@ -136,6 +164,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         let _ = stop.send(true);
         let _ = task.await;
     }
+    // Every request has settled: the final state goes into QUOTA for the next agent.
+    budgets.stop().await;
     Ok(())
 }
 
@@ -144,13 +174,11 @@ type Serving = Vec<(watch::Sender<bool>, JoinHandle<()>)>;
 /// Binds the proxy on the IPv4 proxy address and, when configured, the IPv6 one.
 fn serve_proxies(
     config: &Config,
-    datapath: &Datapath,
-    identity: Arc<dyn IdentitySource>,
+    deps: Deps,
     registry: &Registry,
     admin: &Admin,
 ) -> Result<Serving, Error> {
     let metrics = Arc::new(proxy::Metrics::new(registry)?);
-    let deps = Deps::transparent(Arc::new(datapath.interceptions()?), identity);
     let mut listens = vec![config.proxy.clone()];
     if let Some(addr6) = config.proxy_addr6 {
         listens.push(proxy::Config {
@@ -183,10 +211,17 @@ fn spawn_proxy(
     Ok((stop, task))
 }
 
-/// Applies every complete snapshot's desired state to the datapath, writing only the parts that
-/// changed. A state that does not fit a map is rejected by the datapath (named, counted) and
-/// the previous one stays in force; the next snapshot is tried afresh. Never returns.
-async fn sync_datapath(source: &Running, config: &Config, datapath: &mut Datapath) {
+/// Applies every complete snapshot's desired state to the datapath and its budgets to the
+/// quota engine, writing only the parts that changed. A state that does not fit a map is
+/// rejected by the datapath (named, counted) and the previous one stays in force; the next
+/// snapshot is tried afresh. Never returns.
+async fn sync_datapath(
+    source: &Running,
+    config: &Config,
+    datapath: &mut Datapath,
+    quota: &Quota,
+    mut synced: Synced,
+) {
     let flags = FlagRuleSettings {
         failure_mode: config.failure_mode,
         include_system: config.include_system,
@@ -200,6 +235,7 @@ async fn sync_datapath(source: &Running, config: &Config, datapath: &mut Datapat
             let state = datapath_state(&snap, &config.source.namespace, flags);
             apply_changes(datapath, applied.as_ref(), &state, snap.version);
             applied = Some(state);
+            synced.apply(quota, datapath, &snap);
         }
         if changes.changed().await.is_err() {
             // The source is gone (shutdown): nothing more will change.

@@ -22,6 +22,7 @@ use crate::{
     },
 };
 
+mod quotas;
 mod table;
 
 use table::Table;
@@ -85,6 +86,8 @@ pub enum What {
     Agent,
     /// Model-serving pods on this node and their accelerators (`LOCALITY`).
     Locality,
+    /// Token budgets: every tenant's counters and the tenants refused at connect (`QUOTA`).
+    Quotas,
 }
 
 /// `sluice uninstall`.
@@ -134,6 +137,7 @@ pub fn inspect(args: &InspectArgs) -> Result<String, Error> {
         What::Programs => programs(dir, args.sample, args.json),
         What::Agent => agent(&AgentMap::open(dir)?.read()?, &config(dir)?, args.json),
         What::Locality => locality(dir, args.json),
+        What::Quotas => quotas::quotas(dir, args.json),
     }
 }
 

@@ -84,6 +84,8 @@ pub struct Config {
     pub proxy: proxy::Config,
     /// Where the full configuration comes from (files or the Kubernetes API), if anywhere.
     pub source: crate::kube::source::SourceArgs,
+    /// Where cluster-scope token budgets are shared.
+    pub quota: crate::quota::QuotaArgs,
 }
 
 /// `sluice run` flags. Each falls back to its environment variable.
@@ -159,6 +161,8 @@ pub struct RunArgs {
     pub tokenizer_fallback: Encoding,
     #[command(flatten)]
     pub source: crate::kube::source::SourceArgs,
+    #[command(flatten)]
+    pub quota: crate::quota::QuotaArgs,
 }
 
 impl RunArgs {
@@ -201,6 +205,7 @@ impl RunArgs {
             external_proxy: self.external_proxy,
             proxy,
             source: self.source,
+            quota: self.quota,
         })
     }
 }

@@ -15,12 +15,13 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddrV4, SocketAddrV6},
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use aya::{Ebpf, EbpfError, maps::MapError, programs::ProgramError};
 use sluice_common::{
-    config::EXCLUDE_SYSTEM, counters::Counter, locality::LocalityValue, map_names,
+    config::EXCLUDE_SYSTEM, counters::Counter, locality::LocalityValue, map_names, quota::CallerKey,
 };
 use tokio::runtime::Handle;
 use tracing::{info, warn};
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod origdst;
 pub mod pin;
 pub mod probe;
+pub mod quota;
 mod setup;
 pub mod stats;
 mod sys;
@@ -48,10 +50,12 @@ pub use heartbeat::{AgentMap, Heartbeat};
 pub use intercept::{FailureMode, InterceptRule, Rule};
 pub use origdst::OrigDstTable;
 pub use pin::PinDir;
+pub use quota::QuotaMap;
 
 use self::{
     apply::{ExcludeTable, InterceptTable, LocalityTable},
     cgroup::Cgroup,
+    quota::CallerTable,
     setup::{Resolved, Tables, validate},
 };
 
@@ -132,6 +136,8 @@ pub struct Datapath {
     intercept: InterceptTable,
     exclude: ExcludeTable,
     locality: LocalityTable,
+    quota: Arc<QuotaMap>,
+    callers: CallerTable,
     /// Exclusions from the settings and the agent itself.
     static_exclusions: BTreeMap<u64, u32>,
     /// System-scope exclusions set at run time (the pods of excluded namespaces).
@@ -217,6 +223,8 @@ impl Datapath {
             intercept: tables.intercept,
             exclude: tables.exclude,
             locality: tables.locality,
+            quota: Arc::new(tables.quota),
+            callers: tables.callers,
             static_exclusions: resolved.static_exclusions,
             dynamic_exclusions: BTreeSet::new(),
             agent: tables.agent,
@@ -282,6 +290,31 @@ impl Datapath {
     /// What `LOCALITY` holds.
     pub fn locality(&self) -> Result<BTreeMap<IpAddr, LocalityValue>, Error> {
         Ok(self.locality.entries()?)
+    }
+
+    /// The pinned `QUOTA` map: the quota engine's state store (see [`crate::quota::state`]).
+    pub fn quota_state(&self) -> Arc<QuotaMap> {
+        Arc::clone(&self.quota)
+    }
+
+    /// Makes `QUOTA_TENANTS` hold exactly `entries` ((caller cgroup, policy) -> tenant id: the
+    /// callers connect4 may refuse for a connect-enforced budget), all or nothing.
+    pub fn set_quota_callers(
+        &mut self,
+        entries: &BTreeMap<CallerKey, u64>,
+    ) -> Result<Applied, Error> {
+        let result = self.callers.apply(entries);
+        if let Err(apply::Error::MapFull { .. }) = &result
+            && let Err(e) = self.counters.bump(Counter::ConfigRejected)
+        {
+            warn!(error = %e, "counting a rejected configuration failed");
+        }
+        Ok(result?)
+    }
+
+    /// What `QUOTA_TENANTS` holds.
+    pub fn quota_callers(&self) -> Result<BTreeMap<CallerKey, u64>, Error> {
+        Ok(self.callers.entries()?)
     }
 
     /// Polls the programs' log lines on `runtime`.

@@ -16,6 +16,7 @@ pub mod desired;
 pub mod engine;
 pub mod identity;
 pub mod inputs;
+pub mod quota;
 pub mod selector;
 pub mod snapshot;
 pub mod source;
@@ -60,6 +61,11 @@ impl Store {
     /// duration of one request to see one consistent state.
     pub fn load(&self) -> Arc<Snapshot> {
         self.current.load_full()
+    }
+
+    /// The current snapshot's version (cheaper than [`Store::load`]: no reference count).
+    pub fn version(&self) -> u64 {
+        self.current.load().version
     }
 
     /// Replaces the snapshot and wakes subscribers.

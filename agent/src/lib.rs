@@ -11,6 +11,7 @@ pub mod datapath;
 pub mod identity;
 pub mod inspect;
 pub mod kube;
+pub mod policy;
 pub mod proxy;
 pub mod quota;
 pub mod socket;

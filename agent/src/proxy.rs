@@ -26,6 +26,7 @@ use crate::{
     admission::{Admission, Unlimited},
     identity::{IdentitySource, InterceptionSource},
     inspect::{self, Encoding},
+    policy::{NoPolicies, PolicySource},
     socket,
 };
 
@@ -33,6 +34,8 @@ pub mod account;
 pub mod body;
 pub mod http;
 pub mod metrics;
+pub mod oversize;
+pub mod policy;
 pub mod respond;
 pub mod route;
 pub mod upstream;
@@ -87,6 +90,8 @@ pub struct Deps {
     pub identity: Arc<dyn IdentitySource>,
     pub admission: Arc<dyn Admission>,
     pub router: Arc<dyn Route>,
+    /// The traffic policies (which callers they cover, tenant keys, inspection limits).
+    pub policy: Arc<dyn PolicySource>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +117,7 @@ pub struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) admission: Arc<dyn Admission>,
     pub(crate) router: Arc<dyn Route>,
+    pub(crate) policy: Arc<dyn PolicySource>,
     /// Addresses that are the proxy itself: a destination among them is a loop.
     pub(crate) self_addrs: Vec<SocketAddr>,
     pub(crate) bytes_upstream: IntCounter,
@@ -182,6 +188,7 @@ impl Deps {
             identity,
             admission: Arc::new(Unlimited),
             router: Arc::new(OriginalDestination),
+            policy: Arc::new(NoPolicies),
         }
     }
 }
@@ -210,6 +217,7 @@ impl Proxy {
             self_addrs: [Some(local), admin].into_iter().flatten().collect(),
             admission: Arc::clone(&deps.admission),
             router: Arc::clone(&deps.router),
+            policy: Arc::clone(&deps.policy),
             metrics,
             config,
         });
@@ -306,11 +314,17 @@ impl Proxy {
                 .inc();
         }
         let identity = self.deps.identity.identify(interception.cgroup_id);
+        let policy = policy::ConnPolicy::new(
+            self.deps.policy.as_ref(),
+            interception.original_dst,
+            &identity,
+        );
         Some(http::ConnInfo {
             peer,
             interception,
             identity,
             self_call,
+            policy,
         })
     }
 

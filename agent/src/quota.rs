@@ -18,6 +18,8 @@
 //! - **Restarts** never hand out a fresh budget: the state is exported (the QUOTA map, see
 //!   [`state`]) and adopted again, with the dead process's reservations counted as used.
 //! - **Cluster budgets** are shared through a store (Redis) in leases; see [`cluster`].
+//! - **Reloads** ([`Quota::reload`]) keep every unchanged budget's state as it is; see
+//!   [`reload`] for what a changed or removed budget keeps.
 //!
 //! The request path takes no global lock and, for cluster budgets, makes no network round
 //! trip unless a lease ran dry (then it waits at most `ClusterConfig::lease_wait`).
@@ -29,6 +31,7 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
+use arc_swap::ArcSwap;
 use sluice_common::quota::{QuotaKey, QuotaValue};
 
 use crate::admission::{Admission, AdmissionRequest, Rejected, Ticket};
@@ -38,19 +41,23 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 mod counter;
+pub mod flags;
 pub mod headers;
 mod instance;
 pub mod lease;
 pub mod metrics;
+pub mod reload;
 mod settle;
 pub mod state;
 pub mod tenant;
+pub mod usage;
 
 pub use self::{
     clock::{Clock, ManualClock, SystemClock},
     config::{
         ApiKeys, BudgetConfig, EnforceAt, LimitConfig, QuotaConfig, Scope, TenantKey, Window,
     },
+    flags::QuotaArgs,
     metrics::Metrics,
     state::{MemoryStore, Mirror, StateStore},
 };
@@ -73,6 +80,7 @@ pub struct Builder {
     metrics: Option<Metrics>,
     backend: Option<Arc<dyn cluster::LeaseBackend>>,
     adopted: Vec<(QuotaKey, QuotaValue)>,
+    store_capacity: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,14 +94,34 @@ pub enum Error {
 }
 
 struct Inner {
-    config: QuotaConfig,
-    budgets: Vec<Budget>,
+    /// The budgets and default tenant key in force; replaced whole by [`Quota::reload`].
+    table: ArcSwap<Table>,
+    /// Serialises reloads.
+    reloading: Mutex<()>,
+    /// Where cluster budgets are shared (fixed for the engine's life).
+    cluster_config: Option<cluster::ClusterConfig>,
+    max_instances: usize,
+    /// Entries the state store holds; instances are capped so that theirs always fit.
+    store_capacity: Option<usize>,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
     registry: Arc<Registry>,
     /// Exported state of a previous process, taken by instances as they are created.
     adopted: Mutex<HashMap<QuotaKey, QuotaValue>>,
     cluster: Option<cluster::Link>,
+    /// QUOTA entries of retired counters (a removed or reshaped budget), for the mirror to
+    /// delete.
+    removed: Mutex<Vec<QuotaKey>>,
+}
+
+/// The budgets in force. A budget's slot (its index) is its place in the lock order and part of
+/// its instances' keys: slots are never reused, so an instance admitted under one table and
+/// settled under the next still locks in the one global order.
+pub(crate) struct Table {
+    tenant: TenantKey,
+    slots: Vec<Option<Budget>>,
+    /// Instances held at most under these budgets (see [`Builder::store_capacity`]).
+    max_instances: usize,
 }
 
 // === impl Builder ===
@@ -115,6 +143,15 @@ impl Builder {
         self
     }
 
+    /// Entries the state store can hold: instances are then capped at
+    /// `capacity / (counters of the largest budget + 1) - budgets` (the `+ 1` is a tenant's
+    /// connect entry, the `- budgets` their overflow instances), so every instance's entries
+    /// fit, whatever `max_instances` says.
+    pub fn store_capacity(mut self, capacity: usize) -> Self {
+        self.store_capacity = Some(capacity);
+        self
+    }
+
     /// State exported by a previous process (see [`StateStore::load`]).
     pub fn adopt(mut self, entries: Vec<(QuotaKey, QuotaValue)>) -> Self {
         self.adopted = entries;
@@ -127,39 +164,45 @@ impl Builder {
             Some(m) => m,
             None => Metrics::new(&prometheus::Registry::new()).map_err(Error::Metrics)?,
         };
-        let budgets = self
-            .config
-            .budgets
-            .iter()
-            .cloned()
-            .map(Budget::new)
-            .collect();
-        let needs_cluster = self
-            .config
-            .budgets
-            .iter()
-            .any(|b| b.scope == Scope::Cluster);
+        let QuotaConfig {
+            tenant,
+            budgets,
+            cluster: cluster_config,
+            max_instances,
+        } = self.config;
         let registry = Arc::new(Registry::new());
-        let cluster = match (&self.config.cluster, needs_cluster) {
-            (Some(cfg), true) => Some(cluster::Link::start(
+        // Started whenever a store is configured, so a reload may add cluster budgets. The
+        // worker connects on its first operation, not before.
+        let cluster = match &cluster_config {
+            Some(cfg) => Some(cluster::Link::start(
                 cfg.clone(),
                 self.backend,
                 Arc::clone(&self.clock),
                 metrics.clone(),
                 Arc::clone(&registry),
             )?),
-            _ => None,
+            None => None,
         };
+        let table = Table::new(
+            tenant,
+            budgets.into_iter().map(|b| Some(Budget::new(b))).collect(),
+            max_instances,
+            self.store_capacity,
+        );
         let adopted = self.adopted.into_iter().collect();
         Ok(Quota {
             inner: Arc::new(Inner {
-                config: self.config,
-                budgets,
+                table: ArcSwap::from_pointee(table),
+                reloading: Mutex::new(()),
+                cluster_config,
+                max_instances,
+                store_capacity: self.store_capacity,
                 clock: self.clock,
                 metrics,
                 registry,
                 adopted: Mutex::new(adopted),
                 cluster,
+                removed: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -175,6 +218,7 @@ impl Quota {
             metrics: None,
             backend: None,
             adopted: Vec::new(),
+            store_capacity: None,
         }
     }
 
@@ -204,8 +248,9 @@ impl Admission for Quota {
 
 impl std::fmt::Debug for Quota {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let table = self.inner.table.load();
         f.debug_struct("Quota")
-            .field("budgets", &self.inner.budgets.len())
+            .field("budgets", &table.budgets().count())
             .field("instances", &self.inner.registry.len())
             .finish()
     }
@@ -218,14 +263,20 @@ impl Inner {
         self.cluster.as_ref().is_some_and(cluster::Link::degraded)
     }
 
-    /// The instances of every budget that applies to `tenant` and `model`, in budget order
+    /// The instances of every budget that applies to `tenant` and `model`, in slot order
     /// (the lock order).
-    fn instances(&self, tenant: &Tenant<'_>, model: &str, now_ms: u64) -> Vec<Arc<Instance>> {
+    fn instances(
+        &self,
+        table: &Table,
+        tenant: &Tenant<'_>,
+        model: &str,
+        now_ms: u64,
+    ) -> Vec<Arc<Instance>> {
         let mut out = Vec::new();
-        for (index, budget) in self.budgets.iter().enumerate() {
-            if !budget.applies(&tenant.name, model) {
+        for (index, budget) in table.slots.iter().enumerate() {
+            let Some(budget) = budget.as_ref().filter(|b| b.applies(&tenant.name, model)) else {
                 continue;
-            }
+            };
             let index = index as u32;
             let instance_model = budget.instance_model(model);
             let key: InstanceKey = (
@@ -235,7 +286,7 @@ impl Inner {
             );
             let found = match self.registry.get(&key) {
                 Some(found) => found,
-                None if self.registry.len() >= self.config.max_instances => {
+                None if self.registry.len() >= table.max_instances => {
                     self.overflow(index, budget, instance_model, now_ms)
                 }
                 None => self.create(key, index, budget, tenant, instance_model, now_ms),
@@ -257,7 +308,7 @@ impl Inner {
         if self.registry.get(&key).is_none() {
             tracing::warn!(
                 budget = %budget.config.name,
-                max_instances = self.config.max_instances,
+                max_instances = self.table.load().max_instances,
                 "too many budget instances: new tenants share the overflow tenant's budget"
             );
         }
@@ -287,25 +338,83 @@ impl Inner {
                 &policy,
                 now_ms,
             );
-            self.adopt_into(&instance, now_ms);
+            // Checked under the registry shard's write lock, which a reload's retirement pass
+            // also takes: an instance either exists before the pass (and is retired by it) or
+            // is born retired here, never a live instance of a replaced budget.
+            if budget.is_closed() {
+                instance.lock().retired = true;
+            } else {
+                self.adopt_into(&instance, budget, now_ms);
+            }
             instance
         });
         self.metrics.instances.set(self.registry.len() as i64);
         instance
     }
 
-    fn adopt_into(&self, instance: &Instance, now_ms: u64) {
+    /// Gives a new instance what a reload carried over from the budget it replaced and what a
+    /// previous process left (see [`state`]); carried state is newer and wins.
+    fn adopt_into(&self, instance: &Instance, budget: &Budget, now_ms: u64) {
+        let carried = budget.take_carry(instance.tenant.id, instance.key.2);
         let mut adopted = self.adopted.lock().unwrap_or_else(PoisonError::into_inner);
-        if adopted.is_empty() {
+        if adopted.is_empty() && carried.is_empty() {
             return;
         }
         let mut state = instance.lock();
         for counter in &mut state.counters {
             let key = state::key_of(instance, counter);
-            if let Some(value) = adopted.remove(&key) {
-                counter.adopt(&state::counter_state(&value), now_ms);
+            let restarted = adopted.remove(&key);
+            let carry = carried
+                .iter()
+                .find(|c| c.dim == counter.dim && c.window == counter.window);
+            match (carry, restarted) {
+                (Some(c), _) => counter.adopt(&c.state, now_ms),
+                (None, Some(value)) => counter.adopt(&state::counter_state(&value), now_ms),
+                (None, None) => {}
             }
         }
+    }
+}
+
+// === impl Table ===
+
+impl Table {
+    fn new(
+        tenant: TenantKey,
+        slots: Vec<Option<Budget>>,
+        max_instances: usize,
+        store_capacity: Option<usize>,
+    ) -> Self {
+        let counters = slots
+            .iter()
+            .flatten()
+            .map(|b| {
+                b.config
+                    .limits
+                    .iter()
+                    .map(|l| l.dimensions().count())
+                    .sum::<usize>()
+            })
+            .max()
+            .unwrap_or(0);
+        // Every budget may also hold one overflow instance.
+        let budgets = slots.iter().flatten().count();
+        let fits =
+            store_capacity.map_or(usize::MAX, |c| (c / (counters + 1)).saturating_sub(budgets));
+        Self {
+            tenant,
+            slots,
+            max_instances: max_instances.min(fits).max(1),
+        }
+    }
+
+    /// The budgets in force, in slot order.
+    pub(crate) fn budgets(&self) -> impl Iterator<Item = &Budget> {
+        self.slots.iter().flatten()
+    }
+
+    pub(crate) fn slot(&self, index: u32) -> Option<&Budget> {
+        self.slots.get(index as usize).and_then(Option::as_ref)
     }
 }
 

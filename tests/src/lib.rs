@@ -17,6 +17,8 @@ pub mod node;
 pub mod process;
 pub mod redis;
 pub mod responder;
+pub mod shared_host;
+pub mod tempdir;
 
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,7 @@ use serde_json::Value;
 /// test binary's `deps/` directory.
 pub const ENV_NETPROBE_BIN: &str = "SLUICE_NETPROBE_BIN";
 pub const ENV_MODELSIM_BIN: &str = "SLUICE_MODELSIM_BIN";
+pub const ENV_CHAT_BIN: &str = "SLUICE_CHAT_BIN";
 
 type Lines = Arc<(Mutex<Vec<String>>, Condvar)>;
 
@@ -117,6 +118,37 @@ pub fn netprobe_binary() -> PathBuf {
 /// The `modelsim` binary (the vLLM-compatible simulator as a process).
 pub fn modelsim_binary() -> PathBuf {
     crate::workspace_binary("modelsim", ENV_MODELSIM_BIN, "sluice-tests")
+}
+
+/// The `sluice-chat` binary (bounded inference workloads from a pod).
+pub fn chat_binary() -> PathBuf {
+    crate::workspace_binary("sluice-chat", ENV_CHAT_BIN, "sluice-tests")
+}
+
+/// Runs a prepared `sluice-chat` command; one JSON value per request (the summary line is
+/// checked and left out).
+pub fn run_chat(mut cmd: Command) -> Vec<Value> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "sluice-chat failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut values: Vec<Value> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("sluice-chat printed {l:?}: {e}"))
+        })
+        .collect();
+    let summary = values.pop().unwrap_or_default();
+    assert_eq!(summary["done"], true, "no summary line: {text}");
+    values.sort_by_key(|v| v["i"].as_u64());
+    values
 }
 
 /// Runs a prepared `sluice-netprobe connect` command and returns its JSON result.

@@ -1,18 +1,32 @@
-//! A real `redis-server` (Debian's, installed by `cargo xtask setup`) on a free loopback port,
-//! with its own temporary directory, killed and cleaned up when the guard drops.
+//! A real `redis-server` (Debian's, installed by `cargo xtask setup`) with its own temporary
+//! directory, killed and cleaned up when the guard drops: on a free loopback port of the test's
+//! own namespace, or in a network namespace the test made (a host several test nodes reach).
 
 use std::{
-    net::{TcpListener, TcpStream},
+    net::{IpAddr, TcpListener, TcpStream},
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::process::CommandExt as _,
+    },
     path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
+use crate::netns::NetNs;
+
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// The network namespace it runs in (a duplicate of the namespace's descriptor, so the
+    /// server can be restarted there whatever the test does with its guard); `None`: this
+    /// process's own, on loopback.
+    netns: Option<OwnedFd>,
 }
+
+/// The port of a server in a namespace of its own (nothing else listens there).
+const NETNS_PORT: u16 = 6379;
 
 // === impl RedisServer ===
 
@@ -30,12 +44,36 @@ impl RedisServer {
         panic!("{test}: redis-server did not start on any of 5 free ports");
     }
 
+    /// Starts a server in `netns`, listening on every address of it: each node attached to
+    /// that namespace reaches it at its own address there ([`RedisServer::url_at`]).
+    pub fn start_in(test: &str, netns: &NetNs) -> Self {
+        let dir = std::env::temp_dir().join(format!("sluice-redis-{}", crate::unique_name(test)));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let fd = netns
+            .fd()
+            .try_clone_to_owned()
+            .unwrap_or_else(|e| panic!("duplicating the netns descriptor: {e}"));
+        let mut server = Self {
+            child: None,
+            port: NETNS_PORT,
+            dir,
+            netns: Some(fd),
+        };
+        server.child = spawn(server.port, &server.dir, server.netns.as_ref());
+        assert!(
+            server.child.is_some(),
+            "{test}: redis-server did not start in {}",
+            netns.name()
+        );
+        server
+    }
+
     /// Starts a server again on the port a killed one used (a restart: same address, no data).
     pub fn restart(&mut self) {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if let Some(child) = spawn(self.port, &self.dir) {
+            if let Some(child) = spawn(self.port, &self.dir, self.netns.as_ref()) {
                 self.child = Some(child);
                 return;
             }
@@ -52,8 +90,13 @@ impl RedisServer {
         let dir =
             std::env::temp_dir().join(format!("sluice-redis-{}-{port}", crate::unique_name(test)));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
-        let child = spawn(port, &dir);
-        let server = Self { child, port, dir };
+        let child = spawn(port, &dir, None);
+        let server = Self {
+            child,
+            port,
+            dir,
+            netns: None,
+        };
         server.child.is_some().then_some(server)
     }
 
@@ -63,6 +106,11 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The URL of the server at `addr` (one of its namespace's addresses).
+    pub fn url_at(&self, addr: IpAddr) -> String {
+        format!("redis://{addr}:{}/0", self.port)
     }
 
     /// Kills the server (SIGKILL: an outage, not a shutdown).
@@ -75,7 +123,9 @@ impl RedisServer {
 
     /// Runs `redis-cli` against this server and returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
+        let mut cmd = Command::new("redis-cli");
+        enter(&mut cmd, self.netns.as_ref());
+        let out = cmd
             .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
             .args(args)
             .output()
@@ -105,10 +155,47 @@ impl Drop for RedisServer {
     }
 }
 
+/// Makes `cmd` run in `netns` (when given).
+fn enter(cmd: &mut Command, netns: Option<&OwnedFd>) {
+    let Some(fd) = netns.map(|f| f.as_raw_fd()) else {
+        return;
+    };
+    // SAFETY: one raw syscall on a descriptor the caller keeps open across the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Whether a server answers on `port` (in `netns`, through `redis-cli`, when given).
+fn answers(port: u16, netns: Option<&OwnedFd>) -> bool {
+    if netns.is_none() {
+        return TcpStream::connect(("127.0.0.1", port)).is_ok();
+    }
+    let mut cmd = Command::new("redis-cli");
+    enter(&mut cmd, netns);
+    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "ping"])
+        .stderr(Stdio::null())
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "PONG")
+}
+
 /// Starts redis-server and waits until it accepts connections; `None` if it exits (port taken).
-fn spawn(port: u16, dir: &std::path::Path) -> Option<Child> {
-    let mut child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+/// In a namespace of its own it listens on every address there (`protected-mode` off, as
+/// nothing but the test's nodes can reach that namespace).
+fn spawn(port: u16, dir: &std::path::Path, netns: Option<&OwnedFd>) -> Option<Child> {
+    let (bind, protected) = match netns {
+        Some(_) => ("0.0.0.0", "no"),
+        None => ("127.0.0.1", "yes"),
+    };
+    let mut cmd = Command::new("redis-server");
+    enter(&mut cmd, netns);
+    let mut child = cmd
+        .args(["--bind", bind, "--port", &port.to_string()])
         .arg("--dir")
         .arg(dir)
         .args([
@@ -117,7 +204,7 @@ fn spawn(port: u16, dir: &std::path::Path) -> Option<Child> {
             "--appendonly",
             "no",
             "--protected-mode",
-            "yes",
+            protected,
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -129,7 +216,7 @@ fn spawn(port: u16, dir: &std::path::Path) -> Option<Child> {
         if let Ok(Some(_)) = child.try_wait() {
             return None;
         }
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        if answers(port, netns) {
             return Some(child);
         }
         std::thread::sleep(Duration::from_millis(10));

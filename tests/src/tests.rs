@@ -15,6 +15,7 @@ mod privileged {
     mod e2e;
     mod failopen;
     mod inspect;
+    mod quota;
     mod redirect;
     mod restart;
     mod rules;

@@ -60,8 +60,8 @@ pub struct Applied {
     pub total: usize,
 }
 
-/// The operations a configuration map offers, so one transaction serves both maps.
-trait Table {
+/// The operations a configuration map offers, so one transaction serves every map.
+pub(super) trait Table {
     type K: Ord + Copy;
     type V: PartialEq + Copy;
     const NAME: &'static str;
@@ -72,7 +72,7 @@ trait Table {
 
 /// An LPM key with the order and equality a `BTreeMap` needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct TrieKey {
+pub(super) struct TrieKey {
     prefix_len: u32,
     port: [u8; 2],
     addr: [u8; 16],
@@ -273,7 +273,7 @@ pub fn locality_key(ip: IpAddr) -> LocalityKey {
 }
 
 /// Brings `table` to `desired`, all or nothing.
-fn transact<T: Table>(
+pub(super) fn transact<T: Table>(
     table: &mut T,
     desired: BTreeMap<T::K, T::V>,
     capacity: u32,

@@ -16,7 +16,9 @@ use super::{
     AgentMap, Counters, Error, Rule, Settings,
     apply::{ExcludeTable, InterceptTable, LocalityTable},
     cgroup::Cgroup,
-    intercept, load, maps, sys,
+    intercept, load, maps,
+    quota::{CallerTable, QuotaMap},
+    sys,
 };
 
 /// What the settings name, found on this host.
@@ -34,6 +36,8 @@ pub(super) struct Tables {
     pub(super) intercept: InterceptTable,
     pub(super) exclude: ExcludeTable,
     pub(super) locality: LocalityTable,
+    pub(super) quota: QuotaMap,
+    pub(super) callers: CallerTable,
     pub(super) agent: AgentMap,
     pub(super) counters: Counters,
 }
@@ -92,6 +96,16 @@ impl Tables {
             load::take(ebpf, map_names::LOCALITY)?,
             capacity(map_names::LOCALITY),
         );
+        // Both adopted as they are: the quota engine adopts QUOTA's state, and the callers stay
+        // until the configuration source's first state replaces them.
+        let quota = QuotaMap::new(
+            load::take(ebpf, map_names::QUOTA)?,
+            capacity(map_names::QUOTA),
+        );
+        let callers = CallerTable::new(
+            load::take(ebpf, map_names::QUOTA_TENANTS)?,
+            capacity(map_names::QUOTA_TENANTS),
+        );
         let agent = AgentMap::new(load::take(ebpf, map_names::AGENT)?);
         agent.set_stale_after(settings.stale_after)?;
         let counters = Counters::new(load::take(ebpf, map_names::COUNTERS)?);
@@ -105,6 +119,8 @@ impl Tables {
             intercept,
             exclude,
             locality,
+            quota,
+            callers,
             agent,
             counters,
         })

@@ -241,6 +241,15 @@ fn text_fields(api: Api) -> &'static [&'static str] {
 // === impl Prompt ===
 
 impl Prompt {
+    /// A prompt known only by a bound on its tokens (a body that was not inspected): both its
+    /// upper bound and its exact count are `tokens`.
+    pub fn opaque(tokens: u64) -> Self {
+        Self {
+            token_ids: tokens,
+            ..Self::default()
+        }
+    }
+
     /// Appends every string under `value` (except structural keys), counting integer arrays as
     /// token ids. `nested` is false for the top-level field itself.
     fn collect(&mut self, value: &Value, nested: bool) {

@@ -189,10 +189,12 @@ impl Builder {
                 .chain([self.agent_namespace.clone()])
                 .collect()
         };
+        let secret = super::quota::tenant_secret(&p.spec, inputs, &self.secret_namespaces);
         Policy {
             name: name.to_owned(),
             id,
             generation: generation(&p.origin),
+            request: Arc::new(super::quota::request_policy(name, &p.spec, secret)),
             spec: p.spec.clone(),
             namespaces,
             excluded_namespaces,

@@ -62,6 +62,8 @@ pub struct Policy {
     /// included).
     pub namespaces: Option<BTreeSet<String>>,
     pub excluded_namespaces: BTreeSet<String>,
+    /// The policy as the proxy applies it (tenant key with its API keys resolved, inspection).
+    pub request: Arc<crate::policy::RequestPolicy>,
 }
 
 /// An accepted TokenBudget.

@@ -29,9 +29,11 @@ pub enum BodyError {
     Idle { timeout: Duration },
 }
 
-/// A body passed through unchanged while its bytes are counted.
+/// A body passed through unchanged while its bytes are counted; optionally the bytes already
+/// read from it go first.
 #[derive(Debug)]
 pub struct Counted<B> {
+    head: Option<Bytes>,
     inner: B,
     counter: IntCounter,
 }
@@ -73,7 +75,20 @@ pub enum Failure {
 
 impl<B> Counted<B> {
     pub fn new(inner: B, counter: IntCounter) -> Self {
-        Self { inner, counter }
+        Self {
+            head: None,
+            inner,
+            counter,
+        }
+    }
+
+    /// `head` (already read from `inner`, and already counted) followed by the rest of `inner`.
+    pub fn with_head(head: Bytes, inner: B, counter: IntCounter) -> Self {
+        Self {
+            head: (!head.is_empty()).then_some(head),
+            inner,
+            counter,
+        }
     }
 }
 
@@ -85,6 +100,9 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         if let Some(data) = frame.as_ref().and_then(|f| f.as_ref().ok()?.data_ref()) {
             self.counter.inc_by(data.len() as u64);
@@ -93,11 +111,18 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.head.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let head = self.head.as_ref().map_or(0, |h| h.len() as u64);
+        let inner = self.inner.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + head);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + head);
+        }
+        hint
     }
 }
 

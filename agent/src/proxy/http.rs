@@ -15,15 +15,18 @@ use tracing::debug;
 use super::{
     Shared,
     account::{Account, ResponseKind},
-    body::{self, Counted, ResponseBody},
+    body::{Counted, ResponseBody},
+    oversize::{self, Read},
+    policy::ConnPolicy,
     respond::{self, Error},
     route::RouteRequest,
     upstream::UpstreamBody,
 };
 use crate::{
-    admission::{AdmissionRequest, Api},
+    admission::{AdmissionRequest, Api, RateLimitHeaders},
     identity::{Identity, Interception},
     inspect::{self, InferenceRequest, usage::Meter},
+    policy::{Decision, Oversize},
 };
 
 /// Bodies larger than this are parsed on the blocking pool, so one large request cannot stall
@@ -38,6 +41,16 @@ pub struct ConnInfo {
     pub identity: Identity,
     /// The recovered destination is the proxy itself: every request is a loop.
     pub self_call: bool,
+    /// The traffic policy's decision for this connection's requests.
+    pub policy: ConnPolicy,
+}
+
+/// A request that failed, with the rate-limit headers of its admission when it got that far
+/// (every metered response carries them, errors included).
+#[derive(Debug)]
+pub struct Failed {
+    pub error: Error,
+    pub headers: RateLimitHeaders,
 }
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the non-standard
@@ -61,27 +74,38 @@ pub async fn serve(
     conn: Arc<ConnInfo>,
     request: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, Infallible> {
-    let api = inspect::classify(request.method(), request.uri().path());
+    let decision = conn.policy.current(
+        shared.policy.as_ref(),
+        conn.interception.original_dst,
+        &conn.identity,
+    );
+    // A caller the policy does not cover is proxied unchanged, uninspected and unmetered.
+    let api = inspect::classify(request.method(), request.uri().path())
+        .filter(|_| decision != Decision::NotCovered);
     let kind = if api.is_some() {
         "inference"
     } else {
         "passthrough"
     };
     let result = match (conn.self_call, api) {
-        (true, _) => Err(Error::LoopDetected {
+        (true, _) => Err(Failed::from(Error::LoopDetected {
             addr: conn.interception.original_dst,
-        }),
-        (false, Some(api)) => inference(&shared, &conn, api, request).await,
-        (false, None) => passthrough(&shared, &conn, request).await,
+        })),
+        (false, Some(api)) => inference(&shared, &conn, api, &decision, request).await,
+        (false, None) => passthrough(&shared, &conn, request)
+            .await
+            .map_err(Failed::from),
     };
-    let response = result.unwrap_or_else(|error| {
+    let response = result.unwrap_or_else(|Failed { error, headers }| {
         debug!(peer = %conn.peer, %error, code = error.code(), "request refused");
         shared
             .metrics
             .errors
             .with_label_values(&[error.code()])
             .inc();
-        respond::error(&error)
+        let mut response = respond::error(&error);
+        respond::add_headers(response.headers_mut(), &headers);
+        response
     });
     shared
         .metrics
@@ -109,20 +133,40 @@ async fn inference(
     shared: &Shared,
     conn: &ConnInfo,
     api: Api,
+    decision: &Decision,
     request: Request<Incoming>,
-) -> Result<Response<ResponseBody>, Error> {
+) -> Result<Response<ResponseBody>, Failed> {
     let (mut parts, body) = request.into_parts();
     check_content(&parts.headers)?;
     let started = Instant::now();
     let declared = content_length(&parts.headers);
     let config = &shared.config;
-    let body = body::read_limited(
-        body,
-        declared,
-        config.max_body_bytes,
-        config.body_read_timeout,
-    )
-    .await?;
+    let (limit, oversize, tenant_key) = match decision {
+        Decision::Apply(p) => (
+            p.inspection.max_body_bytes,
+            p.inspection.oversize,
+            Some(&p.tenant),
+        ),
+        _ => (config.max_body_bytes, Oversize::Reject, None),
+    };
+    let read = oversize::read(body, declared, limit, config.body_read_timeout, oversize).await?;
+    let body = match read {
+        Read::Whole(body) => body,
+        Read::Over { head, rest } => {
+            // The processor pipeline's access control runs here too, on what is known of the
+            // request (the model, when the inspected part names it), once there is one.
+            let request = oversize::Oversized {
+                api,
+                parts,
+                head,
+                rest,
+                declared,
+                limit,
+                tenant_key,
+            };
+            return oversize::forward(shared, conn, request).await;
+        }
+    };
     shared.bytes_upstream.inc_by(body.len() as u64);
     let (parsed, body) = parse(shared, api, body).await?;
     shared
@@ -140,7 +184,7 @@ async fn inference(
         identity: &conn.identity,
     })?;
     if shared.self_addrs.contains(&dst) {
-        return Err(Error::LoopDetected { addr: dst });
+        return Err(Error::LoopDetected { addr: dst }.into());
     }
     let ticket = shared
         .admission
@@ -151,6 +195,7 @@ async fn inference(
             prompt: &parsed.prompt,
             max_output_tokens: parsed.max_output_tokens,
             api_key: api_key(&parts.headers),
+            tenant_key,
         })
         .map_err(Error::RateLimited)?;
     let rate_headers = ticket.headers().clone();
@@ -163,7 +208,10 @@ async fn inference(
         .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     let request = Request::from_parts(parts, UpstreamBody::Right(Full::new(body)));
     let sent_at = Instant::now();
-    let response = shared.upstream.send(dst, request).await?;
+    let response = match shared.upstream.send(dst, request).await {
+        Ok(response) => response,
+        Err(e) => return Err(Failed::with_headers(e.into(), rate_headers)),
+    };
 
     let kind = response_kind(&response, &parsed);
     let InferenceRequest { model, prompt, .. } = parsed;
@@ -182,6 +230,23 @@ async fn inference(
     let mut response = relay_response(shared, response, Some(Box::new(account)));
     respond::add_headers(response.headers_mut(), &rate_headers);
     Ok(response)
+}
+
+// === impl Failed ===
+
+impl Failed {
+    pub fn with_headers(error: Error, headers: RateLimitHeaders) -> Self {
+        Self { error, headers }
+    }
+}
+
+impl<E: Into<Error>> From<E> for Failed {
+    fn from(error: E) -> Self {
+        Self {
+            error: error.into(),
+            headers: Vec::new(),
+        }
+    }
 }
 
 /// Parses the body, on the blocking pool when it is large.
@@ -245,7 +310,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-fn api_key(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn api_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(key) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(key);
     }
@@ -255,7 +320,7 @@ fn api_key(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Points a request at `dst` over HTTP/1.1 and removes what must not cross the hop.
-fn prepare_upstream(parts: &mut http::request::Parts, dst: SocketAddr) {
+pub(super) fn prepare_upstream(parts: &mut http::request::Parts, dst: SocketAddr) {
     // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstream needs it as `Host`.
     if !parts.headers.contains_key(header::HOST) {
         let host = parts.uri.authority().map_or_else(
@@ -324,7 +389,7 @@ fn response_kind(response: &Response<Incoming>, request: &InferenceRequest) -> R
     }
 }
 
-fn relay_response(
+pub(super) fn relay_response(
     shared: &Shared,
     response: Response<Incoming>,
     account: Option<Box<Account>>,

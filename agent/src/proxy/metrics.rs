@@ -29,6 +29,9 @@ pub struct Metrics {
     /// `sluice_usage_estimated_total{gen_ai_token_type}`: usage the server did not report.
     pub usage_estimated: IntCounterVec,
     pub sse_oversize_lines: IntCounter,
+    /// `sluice_inspection_skipped_total`: inference bodies over the policy's inspection limit
+    /// forwarded uninspected (`oversize: Passthrough`).
+    pub inspection_skipped: IntCounter,
     pub token_usage: HistogramVec,
     pub request_duration: HistogramVec,
     pub time_to_first_token: HistogramVec,
@@ -94,6 +97,20 @@ impl Metrics {
                 name: "sluice_sse_oversize_lines_total",
                 source,
             })?;
+        let inspection_skipped = IntCounter::new(
+            "sluice_inspection_skipped_total",
+            "Inference bodies over the policy's inspection limit forwarded uninspected (oversize: Passthrough).",
+        )
+        .map_err(|source| Error {
+            name: "sluice_inspection_skipped_total",
+            source,
+        })?;
+        registry
+            .register(Box::new(inspection_skipped.clone()))
+            .map_err(|source| Error {
+                name: "sluice_inspection_skipped_total",
+                source,
+            })?;
         let inspect_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "sluice_inspect_duration_seconds",
@@ -146,6 +163,7 @@ impl Metrics {
                 &["gen_ai_token_type"],
             )?,
             sse_oversize_lines,
+            inspection_skipped,
             // Bucket boundaries follow the OpenTelemetry gen_ai semantic conventions.
             token_usage: histogram(
                 "gen_ai_client_token_usage",

@@ -9,7 +9,7 @@ use http::{HeaderValue, Response, StatusCode, header};
 use serde_json::json;
 
 use super::{body::ResponseBody, route::RouteError, upstream};
-use crate::{admission::Rejected, inspect};
+use crate::{admission::Rejected, inspect, quota};
 
 /// Header naming the sluice component that answered, on every response sluice made itself.
 pub const ERROR_HEADER: &str = "x-sluice-error";
@@ -106,22 +106,27 @@ impl Error {
     }
 }
 
-/// The response for `error`.
+/// The response for `error`. A refusal by the token budgets is OpenAI's 429 (the quota
+/// module's body: `type` says whether tokens or requests ran out) with `Retry-After`.
 pub fn error(error: &Error) -> Response<ResponseBody> {
-    let body = json!({
-        "error": {
-            "message": error.message(),
-            "type": error.kind(),
-            "param": null,
-            "code": error.code(),
-        }
-    });
-    let mut response = json_response(error.status(), body.to_string());
+    let body = match error {
+        Error::RateLimited(rejected) => quota::headers::error_body(rejected),
+        _ => json!({
+            "error": {
+                "message": error.message(),
+                "type": error.kind(),
+                "param": null,
+                "code": error.code(),
+            }
+        })
+        .to_string(),
+    };
+    let mut response = json_response(error.status(), body);
     response
         .headers_mut()
         .insert(ERROR_HEADER, HeaderValue::from_static(error.code()));
     if let Error::RateLimited(rejected) = error {
-        let secs = rejected.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        let secs = quota::headers::retry_after_secs(rejected.retry_after);
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));

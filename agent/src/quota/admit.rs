@@ -8,7 +8,7 @@ use std::{
 use sluice_common::quota::Dimension;
 
 use super::{
-    Inner,
+    Inner, Table,
     cluster::PlannedOp,
     counter::Counter,
     headers::{self, Tightest, View},
@@ -34,22 +34,35 @@ struct Refusal {
 enum Outcome {
     Admitted(Vec<Vec<Reserved>>, Tightest),
     Refused(Box<Refusal>),
+    /// An instance was retired (a reload, or the idle sweep) after it was looked up: look the
+    /// instances up again.
+    Stale,
 }
 
 /// What a request asks of each budget.
 struct Ask<'a> {
     request: &'a AdmissionRequest<'a>,
     tenant: &'a Tenant<'a>,
+    /// The table the request's instances were looked up in.
+    table: Arc<Table>,
     input: u64,
 }
+
+/// Lookups after which a request that keeps meeting retired instances gives up (reloads
+/// racing with it every time): it is then refused, never admitted unmetered.
+const MAX_STALE: usize = 8;
 
 pub(super) fn admit(
     inner: &Arc<Inner>,
     request: &AdmissionRequest<'_>,
 ) -> Result<Ticket, Rejected> {
     let mut now = inner.clock.now_ms();
-    let tenant = Tenant::derive(&inner.config.tenant, request.identity, request.api_key);
-    let instances = inner.instances(&tenant, request.model, now);
+    let table = inner.table.load_full();
+    // The tenant is derived once, with the key of the table the request started under.
+    let first = Arc::clone(&table);
+    let key = request.tenant_key.unwrap_or(&first.tenant);
+    let tenant = Tenant::derive(key, request.identity, request.api_key);
+    let mut instances = inner.instances(&table, &tenant, request.model, now);
     if instances.is_empty() {
         return Ok(Ticket::unmetered());
     }
@@ -59,14 +72,37 @@ pub(super) fn admit(
     let mut ask = Ask {
         request,
         tenant: &tenant,
+        table,
         input: request.prompt.upper_bound(),
     };
+    let mut stale = 0;
     let mut counted = false;
     // A dry lease is waited for, off the common path, until this deadline: a request may
     // have to wait for an op already in flight (a prefetch, say) and then for its own.
     let mut lease_deadline: Option<std::time::Instant> = None;
     loop {
         match reserve(inner, &instances, &ask, now) {
+            Outcome::Stale if stale < MAX_STALE => {
+                stale += 1;
+                inner.wait_reload();
+                ask.table = inner.table.load_full();
+                instances = inner.instances(&ask.table, &tenant, request.model, now);
+                // A request keeps the table it started with for its reservations; a reload
+                // between two lookups only changes which instances it meets.
+                if instances.is_empty() {
+                    return Ok(Ticket::unmetered());
+                }
+                continue;
+            }
+            Outcome::Stale => {
+                handles.rejected.inc();
+                return Err(Rejected {
+                    message: "The token budgets are being reconfigured; please try again."
+                        .to_owned(),
+                    retry_after: Duration::from_secs(1),
+                    headers: Vec::new(),
+                });
+            }
             Outcome::Admitted(reserved, tightest) => {
                 handles.admitted.inc();
                 let settlement = Settlement::new(Arc::clone(inner), instances, reserved, handles);
@@ -100,7 +136,7 @@ pub(super) fn admit(
                 handles.rejected.inc();
                 handles
                     .rejected_tokens
-                    .inc_by(ask.input + max_output(request, inner.default_max_tokens()));
+                    .inc_by(ask.input + max_output(request, default_max_tokens(&ask.table)));
                 return Err(Rejected {
                     message: refusal.message,
                     retry_after: Duration::from_millis(refusal.retry_after_ms),
@@ -115,11 +151,14 @@ pub(super) fn admit(
 fn reserve(inner: &Inner, instances: &[Arc<Instance>], ask: &Ask<'_>, now: u64) -> Outcome {
     let degraded = inner.degraded();
     let mut guards: Vec<_> = instances.iter().map(|i| i.lock()).collect();
+    if guards.iter().any(|g| g.retired) {
+        return Outcome::Stale;
+    }
     let mut ops = Vec::new();
-    let outcome = match check(inner, instances, &mut guards, ask, now, degraded) {
+    let outcome = match check(instances, &mut guards, ask, now, degraded) {
         Err(refusal) => {
             if let Some((i, c, _)) = refusal.lease {
-                let output = output_for(ask.request, &instances[i], inner);
+                let output = output_for(ask, &instances[i]);
                 ops.extend(ask_for_lease(
                     inner,
                     &instances[i],
@@ -147,7 +186,6 @@ type Guards<'a> = [MutexGuard<'a, InstanceState>];
 
 /// Rolls every counter to now and checks that the request fits on all of them.
 fn check(
-    inner: &Inner,
     instances: &[Arc<Instance>],
     guards: &mut Guards<'_>,
     ask: &Ask<'_>,
@@ -157,7 +195,7 @@ fn check(
     let mut refusal: Option<Refusal> = None;
     let mut tightest = Tightest::default();
     for (i, (instance, guard)) in instances.iter().zip(guards.iter_mut()).enumerate() {
-        let output = output_for(ask.request, instance, inner);
+        let output = output_for(ask, instance);
         for (c, counter) in guard.counters.iter_mut().enumerate() {
             counter.roll(now);
             let r = reservation(counter.dim, ask.input, output);
@@ -201,7 +239,7 @@ fn commit(
     let mut reserved = Vec::with_capacity(instances.len());
     let mut tightest = Tightest::default();
     for (instance, guard) in instances.iter().zip(guards.iter_mut()) {
-        let output = output_for(ask.request, instance, inner);
+        let output = output_for(ask, instance);
         let mut parts = Vec::with_capacity(guard.counters.len());
         for (c, counter) in guard.counters.iter_mut().enumerate() {
             let r = reservation(counter.dim, ask.input, output);
@@ -372,11 +410,14 @@ pub(super) fn reservation(dim: Dimension, input: u64, output: u64) -> u64 {
     }
 }
 
-fn output_for(request: &AdmissionRequest<'_>, instance: &Instance, inner: &Inner) -> u64 {
-    let default = inner.budgets[instance.key.0 as usize]
-        .config
-        .default_max_tokens;
-    max_output(request, default)
+fn output_for(ask: &Ask<'_>, instance: &Instance) -> u64 {
+    let default = ask
+        .table
+        .slot(instance.key.0)
+        .map_or(super::config::DEFAULT_MAX_TOKENS, |b| {
+            b.config.default_max_tokens
+        });
+    max_output(ask.request, default)
 }
 
 fn max_output(request: &AdmissionRequest<'_>, default: u64) -> u64 {
@@ -386,15 +427,11 @@ fn max_output(request: &AdmissionRequest<'_>, default: u64) -> u64 {
     }
 }
 
-// === impl Inner (defaults) ===
-
-impl Inner {
-    /// The largest `defaultMaxTokens` of any budget (for the rejected-tokens metric only).
-    fn default_max_tokens(&self) -> u64 {
-        self.budgets
-            .iter()
-            .map(|b| b.config.default_max_tokens)
-            .max()
-            .unwrap_or(super::config::DEFAULT_MAX_TOKENS)
-    }
+/// The largest `defaultMaxTokens` of any budget (for the rejected-tokens metric only).
+fn default_max_tokens(table: &Table) -> u64 {
+    table
+        .budgets()
+        .map(|b| b.config.default_max_tokens)
+        .max()
+        .unwrap_or(super::config::DEFAULT_MAX_TOKENS)
 }

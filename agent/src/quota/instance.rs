@@ -15,11 +15,11 @@ use std::{
     },
 };
 
-use sluice_common::quota::{budget_id, fnv1a64};
+use sluice_common::quota::{Dimension, budget_id, fnv1a64};
 
 use super::{
-    config::{BudgetConfig, EnforceAt, Scope},
-    counter::Counter,
+    config::{BudgetConfig, EnforceAt, Scope, Window},
+    counter::{Counter, CounterState},
     lease::{Lease, LeasePolicy},
     tenant::Tenant,
 };
@@ -33,6 +33,23 @@ pub(crate) struct Budget {
     pub config: BudgetConfig,
     tenants: HashSet<String>,
     models: HashSet<String>,
+    /// Set by a reload that replaces or removes this budget: instances created from now on are
+    /// born retired (see [`super::reload`]).
+    pub closed: AtomicBool,
+    /// State carried over from the instances of the budget this one replaced, per
+    /// `(tenant id, model id)`, taken by each instance as it is created.
+    pub carry: Mutex<HashMap<(u64, u64), Vec<Carried>>>,
+}
+
+/// One counter's state carried over a reload.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Carried {
+    pub dim: Dimension,
+    pub window: Window,
+    pub state: CounterState,
+    /// Its QUOTA entry (kept until the successor instance rewrites it, or deleted when the
+    /// state expires untaken).
+    pub key: sluice_common::quota::QuotaKey,
 }
 
 /// `(budget index, tenant id, model id or 0)`.
@@ -75,7 +92,45 @@ impl Budget {
             tenants: config.tenants.iter().cloned().collect(),
             models: config.models.iter().cloned().collect(),
             config,
+            closed: AtomicBool::new(false),
+            carry: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Drops carried state that no instance took and whose window (and debt) is over; returns
+    /// the QUOTA entries to delete.
+    pub fn expire_carry(&self, now_ms: u64) -> Vec<sluice_common::quota::QuotaKey> {
+        let mut gone = Vec::new();
+        let mut carry = self.carry.lock().unwrap_or_else(PoisonError::into_inner);
+        carry.retain(|_, counters| {
+            counters.retain(|c| {
+                let debt_windows = c.state.debt.div_ceil(c.state.limit.max(1));
+                let end = c
+                    .state
+                    .window_end_ms
+                    .saturating_add(debt_windows.saturating_mul(c.window.millis()));
+                let keep = now_ms < end;
+                if !keep {
+                    gone.push(c.key);
+                }
+                keep
+            });
+            !counters.is_empty()
+        });
+        gone
+    }
+
+    /// The carried state for one instance, taken (each instance takes its own once).
+    pub fn take_carry(&self, tenant_id: u64, model_id: u64) -> Vec<Carried> {
+        self.carry
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&(tenant_id, model_id))
+            .unwrap_or_default()
     }
 
     pub fn applies(&self, tenant: &str, model: &str) -> bool {

@@ -66,6 +66,8 @@ impl Settle for Settlement {
         for ((instance, guard), reserved) in
             self.instances.iter().zip(&mut guards).zip(&self.reserved)
         {
+            // A retired instance's claim belongs to its successor now.
+            let retired = guard.retired;
             for r in reserved {
                 let Some(counter) = guard.counters.get_mut(r.counter as usize) else {
                     continue;
@@ -77,7 +79,7 @@ impl Settle for Settlement {
                     r.index,
                     degraded,
                 );
-                if let Some(link) = &inner.cluster {
+                if let Some(link) = inner.cluster.as_ref().filter(|_| !retired) {
                     ops.extend(link.plan(instance, r.counter as usize, counter, now));
                 }
             }

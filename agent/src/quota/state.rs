@@ -2,8 +2,8 @@
 //! ([`sluice_common::quota`]) for `bpftool`, `sluice inspect quotas` and connect4, and adopted
 //! again at start so that restarting the agent never hands out a fresh budget.
 //!
-//! [`StateStore`] is the seam: the pinned BPF map implements it in the datapath, and
-//! [`MemoryStore`] in tests. [`Mirror`] keeps a store in step with the engine: every tick
+//! [`StateStore`] is the seam: the pinned BPF map implements it
+//! ([`crate::datapath::QuotaMap`]), and [`MemoryStore`] in tests. [`Mirror`] keeps a store in step with the engine: every tick
 //! (50 ms by default, so a change is visible within 100 ms) it writes the instances that
 //! changed, refreshes connect4's per-tenant entries, and now and then retires idle instances.
 
@@ -151,12 +151,16 @@ pub(crate) fn counter_state(v: &QuotaValue) -> CounterState {
 }
 
 /// One instance's entries, rolled to `now`; also whether (and until when) it is exhausted.
+/// A retired instance has none: its entries belong to its successor, or were deleted.
 fn export(
     instance: &Instance,
     now: u64,
     degraded: bool,
 ) -> (Vec<(QuotaKey, QuotaValue)>, Option<u64>) {
     let mut state = instance.lock();
+    if state.retired {
+        return (Vec::new(), None);
+    }
     let mut out = Vec::with_capacity(state.counters.len());
     let mut exhausted_until = None;
     for counter in &mut state.counters {
@@ -216,9 +220,11 @@ impl Mirror {
 
     /// Writes what changed since the last tick.
     pub fn tick(&mut self) -> Result<Tick, Error> {
-        let inner = &self.quota.inner;
+        let quota = self.quota.clone();
+        let inner = &quota.inner;
         let now = inner.clock.now_ms();
-        let degraded = self.quota.degraded();
+        let degraded = quota.degraded();
+        let mut tenants = self.forget_retired();
         // Exhausted connect entries whose window ended must be re-evaluated even when idle.
         for entries in self.connect.values() {
             for (instance, end) in entries.values() {
@@ -228,7 +234,7 @@ impl Mirror {
             }
         }
         let mut upserts = Vec::new();
-        let mut tenants = HashSet::new();
+        let mut exported = Vec::new();
         for instance in inner.registry.all() {
             if !instance.take_dirty() {
                 continue;
@@ -240,6 +246,7 @@ impl Mirror {
                 self.track_connect(&instance, exhausted);
                 tenants.insert(instance.tenant.id);
             }
+            exported.push(instance);
         }
         let mut removals = self.connect_entries(&tenants, &mut upserts);
         let mut tick = Tick::default();
@@ -248,11 +255,25 @@ impl Mirror {
             tick.retired = self.sweep(now, &mut removals);
         }
         removals.extend(self.expired_adoptions(now));
+        removals.extend(std::mem::take(
+            &mut *inner.removed.lock().unwrap_or_else(PoisonError::into_inner),
+        ));
         tick.written = upserts.len();
         tick.removed = removals.len();
-        if !upserts.is_empty() || !removals.is_empty() {
-            self.store.apply(&upserts, &removals)?;
+        if upserts.is_empty() && removals.is_empty() {
+            return Ok(tick);
         }
+        self.store.apply(&upserts, &removals).inspect_err(|_| {
+            // Written again on the next tick: nothing is lost to a failed write.
+            for instance in &exported {
+                instance.mark_dirty();
+            }
+            inner
+                .removed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend(removals.iter().copied());
+        })?;
         Ok(tick)
     }
 
@@ -284,6 +305,20 @@ impl Mirror {
         if let Err(error) = self.tick() {
             tracing::warn!(%error, "cannot write the final quota state");
         }
+    }
+
+    /// Stops tracking retired instances (a reload replaced their budget); returns their
+    /// tenants, whose connect entries must be re-evaluated.
+    fn forget_retired(&mut self) -> HashSet<u64> {
+        let mut tenants = HashSet::new();
+        for (tenant, entries) in &mut self.connect {
+            let before = entries.len();
+            entries.retain(|_, (instance, _)| !instance.lock().retired);
+            if entries.len() != before {
+                tenants.insert(*tenant);
+            }
+        }
+        tenants
     }
 
     fn track_connect(&mut self, instance: &Arc<Instance>, exhausted: Option<u64>) {
@@ -394,7 +429,29 @@ impl Mirror {
             });
         }
         inner.metrics.instances.set(inner.registry.len() as i64);
+        self.sweep_reloaded(now, removals);
         retired.len()
+    }
+
+    /// State a reload carried over that no instance took, and gauges of budgets that no longer
+    /// exist.
+    fn sweep_reloaded(&mut self, now: u64, removals: &mut Vec<QuotaKey>) {
+        let inner = &self.quota.inner;
+        let table = inner.table.load();
+        let mut names = HashSet::new();
+        for budget in table.budgets() {
+            removals.extend(budget.expire_carry(now));
+            names.insert(label(&budget.config.name).to_owned());
+        }
+        self.series.retain(|s| {
+            let name = s[0].split('/').next().unwrap_or_default();
+            let keep = names.contains(name);
+            if !keep {
+                let labels: Vec<&str> = s.iter().map(String::as_str).collect();
+                let _ = inner.metrics.remaining.remove_label_values(&labels);
+            }
+            keep
+        });
     }
 
     /// Adopted entries that no instance took and whose window (and debt) is over.

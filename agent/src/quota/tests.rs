@@ -92,6 +92,7 @@ pub(super) fn admit_model(
         prompt,
         max_output_tokens: max_out,
         api_key: None,
+        tenant_key: None,
     })
 }
 
@@ -394,6 +395,7 @@ fn embeddings_reserve_no_output() {
             prompt: &prompt,
             max_output_tokens: None,
             api_key: None,
+            tenant_key: None,
         })
         .unwrap();
     assert_eq!(state(&quota, "a", Dimension::TotalTokens).reserved, 60);
@@ -430,6 +432,7 @@ fn api_key_tenants_through_the_engine() {
         prompt: &p,
         max_output_tokens: Some(1),
         api_key: key,
+        tenant_key: None,
     };
     let _a = quota.admit(&req(Some("sk-team-a"))).unwrap();
     assert!(quota.admit(&req(Some("sk-team-a"))).is_err());
@@ -551,6 +554,34 @@ fn past_max_instances_new_tenants_share_the_overflow_budget() {
         admit(&quota, &pod("d"), &p, None).is_err(),
         "d shares c's overflow budget"
     );
+}
+
+#[test]
+fn instances_are_capped_so_that_their_entries_fit_the_store() {
+    // 4 counters per instance, plus a connect entry: 10 entries hold 2 instances, one of them
+    // the budget's overflow instance.
+    let limits = vec![
+        LimitConfig::new(w("1m"))
+            .input_tokens(100)
+            .output_tokens(100)
+            .total_tokens(100)
+            .requests(1),
+    ];
+    let quota = Quota::builder(QuotaConfig::new(
+        TenantKey::Namespace,
+        vec![BudgetConfig::new("b", limits)],
+    ))
+    .store_capacity(10)
+    .build()
+    .unwrap();
+    let p = Prompt::tokens(1);
+    let _a = admit(&quota, &pod("a"), &p, Some(1)).unwrap();
+    let _b = admit(&quota, &pod("b"), &p, Some(1)).unwrap();
+    assert!(
+        admit(&quota, &pod("c"), &p, Some(1)).is_err(),
+        "c shares b's overflow budget"
+    );
+    assert!(quota.snapshot().len() <= 8);
 }
 
 #[test]

@@ -51,10 +51,13 @@ pub enum Counter {
     ProxyNoEntry = 18,
     /// Userspace: a recovered original destination was the proxy itself (508, loop).
     ProxyLoop = 19,
+    /// Matched, but the caller's tenant has exhausted a budget enforced at connect
+    /// (`enforceAt: Connect`): refused with EPERM.
+    RefusedQuota = 20,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 20] = [
+    pub const ALL: [Counter; 21] = [
         Counter::Seen,
         Counter::Redirected,
         Counter::BypassedMark,
@@ -75,6 +78,7 @@ impl Counter {
         Counter::ConfigRejected,
         Counter::ProxyNoEntry,
         Counter::ProxyLoop,
+        Counter::RefusedQuota,
     ];
     /// Size of the `COUNTERS` array; room to add reasons without resizing a pinned map.
     pub const CAPACITY: u32 = 64;
@@ -102,6 +106,7 @@ impl Counter {
             Counter::ConfigRejected => "config_rejected",
             Counter::ProxyNoEntry => "proxy_no_entry",
             Counter::ProxyLoop => "proxy_loop",
+            Counter::RefusedQuota => "refused_quota",
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod map_names {
     /// logging to the buffer the new agent reads.
     pub const AYA_LOGS: &str = "AYA_LOGS";
     pub const QUOTA: &str = "QUOTA";
+    pub const QUOTA_TENANTS: &str = "QUOTA_TENANTS";
 }
 
 /// Names of the programs in the object (at most 15 characters, `BPF_OBJ_NAME_LEN`).

@@ -76,6 +76,38 @@ pub struct QuotaValue {
 const _: () = assert!(size_of::<QuotaValue>() == 7 * 8 + 2 * NAME_LEN);
 const _: () = assert!(align_of::<QuotaValue>() == 8);
 
+/// Key of `QUOTA_TENANTS`: a caller's cgroup under the policy whose rule matched its connect.
+/// The value is the caller's tenant id ([`fnv1a64`] of its name, as in [`QuotaKey`]), derived
+/// with that policy's tenant key. The agent keeps entries only for callers whose tenant has a
+/// budget enforced at connect, so for everyone else connect4's check is one failed lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallerKey {
+    /// `bpf_get_current_cgroup_id()`: the inode of the caller's cgroup (every cgroup of a pod,
+    /// containers included, has its own entry).
+    pub cgroup_id: u64,
+    /// The matching rule's `policy_id`.
+    pub policy_id: u32,
+    pub _pad: u32,
+}
+
+const _: () = assert!(size_of::<CallerKey>() == 16);
+
+/// Whether a `DIMENSION_CONNECT` entry refuses new connections.
+pub const fn refuses_connect(value: &QuotaValue) -> bool {
+    value.flags & (FLAG_EXHAUSTED | FLAG_ENFORCE_CONNECT) == FLAG_EXHAUSTED | FLAG_ENFORCE_CONNECT
+}
+
+/// The key of a tenant's `DIMENSION_CONNECT` entry.
+pub const fn connect_key(tenant_id: u64) -> QuotaKey {
+    QuotaKey {
+        tenant_id,
+        budget_id: 0,
+        window_secs: 0,
+        dimension: DIMENSION_CONNECT,
+    }
+}
+
 impl Default for QuotaValue {
     fn default() -> Self {
         Self {
@@ -189,6 +221,8 @@ mod pod {
     unsafe impl aya::Pod for super::QuotaKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::QuotaValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::CallerKey {}
 }
 
 #[cfg(test)]
@@ -253,6 +287,24 @@ mod tests {
             ..QuotaValue::default()
         };
         assert_eq!(v.remaining(), 5);
+    }
+
+    #[test]
+    fn only_exhausted_connect_enforced_entries_refuse() {
+        let with = |flags| QuotaValue {
+            flags,
+            ..QuotaValue::default()
+        };
+        assert!(refuses_connect(&with(
+            FLAG_EXHAUSTED | FLAG_ENFORCE_CONNECT
+        )));
+        assert!(refuses_connect(&with(
+            FLAG_EXHAUSTED | FLAG_ENFORCE_CONNECT | FLAG_CLUSTER
+        )));
+        assert!(!refuses_connect(&with(FLAG_EXHAUSTED)));
+        assert!(!refuses_connect(&with(FLAG_ENFORCE_CONNECT)));
+        assert_eq!(connect_key(7).dimension, DIMENSION_CONNECT);
+        assert_eq!(core::mem::offset_of!(CallerKey, policy_id), 8);
     }
 
     #[test]

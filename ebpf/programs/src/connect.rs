@@ -8,7 +8,8 @@
 //! 4. scope: loopback under a port-only rule, the node's own network namespace, an excluded
 //!    cgroup subtree: untouched unless the rule opted in;
 //! 5. the agent is down (stale heartbeat): untouched (fail-open) or refused (fail-closed);
-//! 6. record the original destination under the socket cookie, then rewrite.
+//! 6. the caller's tenant exhausted a budget enforced at connect: refused (`quota.rs`);
+//! 7. record the original destination under the socket cookie, then rewrite.
 //!
 //! The program is idempotent: a rewritten destination is the proxy, which the agent never
 //! lets a rule match, so a second copy of this program (during an upgrade both are attached
@@ -41,6 +42,7 @@ use sluice_common::{
 use crate::{
     addr::{bytes_to_words, words_to_bytes},
     maps::{AGENT, CONFIG, EXCLUDE, INTERCEPT, SOCKETS, count},
+    quota,
 };
 
 /// Let the connect() proceed (to whatever address it now carries).
@@ -163,6 +165,9 @@ fn decide(ctx: &SockAddrContext, dst: &InterceptKey, family: u8) -> Verdict {
     let agent_alive = AGENT.get(0).is_some_and(|a| a.is_alive(now));
     if !agent_alive {
         return fail(&rule, Counter::PassedFailOpen);
+    }
+    if quota::over_budget(&rule) {
+        return Verdict::Refuse;
     }
     let record = OrigDst {
         // SAFETY: as above.

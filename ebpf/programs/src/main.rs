@@ -6,6 +6,7 @@ mod addr;
 mod connect;
 mod getsockopt;
 mod maps;
+mod quota;
 mod sockops;
 
 #[cfg(not(test))]

@@ -3,6 +3,7 @@
 //! directory and verifies a pinned map's geometry before adopting it.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
@@ -13,6 +14,7 @@ use sluice_common::{
     intercept::{InterceptKey, InterceptRule},
     locality::{LocalityKey, LocalityValue},
     origdst::{ConnKey, OrigDst},
+    quota::{CallerKey, QuotaKey, QuotaValue},
 };
 
 /// Interception rules. An LPM trie, never LRU: silent eviction would drop policy. 4096 rules
@@ -55,6 +57,24 @@ pub static ORIG_DST: LruHashMap<ConnKey, OrigDst, 65536> = LruHashMap::new();
 /// forget a local GPU. 4096 is far above the pods one node runs (the kubelet's default is 110).
 #[btf_map]
 pub static LOCALITY: HashMap<LocalityKey, LocalityValue, 4096> = HashMap::new();
+
+/// The node's token-budget state, one entry per (tenant, budget, window, dimension) plus one
+/// `DIMENSION_CONNECT` entry per tenant with an exhausted connect-enforced budget: mirrored by
+/// the agent for `bpftool`, `sluice inspect quotas`, its own restart (adopted again), and
+/// connect4. Only the agent writes it, so it is not preallocated: memory follows the entries
+/// that exist (~230 bytes each). 65536 entries hold 16384 instances of a budget with three
+/// limits; the agent caps its instances so that its entries always fit.
+#[btf_map]
+pub static QUOTA: HashMap<QuotaKey, QuotaValue, 65536, { BPF_F_NO_PREALLOC as usize }> =
+    HashMap::new();
+
+/// (caller cgroup, policy) -> tenant id, for callers whose tenant (as that policy derives it)
+/// has a budget enforced at connect. A hash, never LRU (an evicted entry would let an exhausted
+/// tenant connect). One entry per cgroup of such a pod (pod and containers) and policy: 16384
+/// covers every cgroup of a full node (110 pods, a few containers each) under dozens of
+/// policies; a fuller configuration is rejected by the agent and the proxy still enforces.
+#[btf_map]
+pub static QUOTA_TENANTS: HashMap<CallerKey, u64, 16384> = HashMap::new();
 
 /// Per-CPU counters indexed by `Counter`.
 #[btf_map]

@@ -86,6 +86,7 @@ fn spend(quota: &Quota) -> bool {
         prompt: &prompt,
         max_output_tokens: Some(50),
         api_key: None,
+        tenant_key: None,
     };
     match quota.admit(&request) {
         Ok(ticket) => {

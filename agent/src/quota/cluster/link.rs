@@ -149,6 +149,9 @@ impl Link {
             .filter(|i| i.scope == Scope::Cluster)
         {
             let mut state = instance.lock();
+            if state.retired {
+                continue;
+            }
             for (c, counter) in state.counters.iter_mut().enumerate() {
                 if let Some(op) = self.shared.hand_back(&instance, c, counter, now) {
                     ops.push(op);
@@ -335,6 +338,9 @@ impl Shared {
             .filter(|i| i.scope == Scope::Cluster)
         {
             let mut state = instance.lock();
+            if state.retired {
+                continue;
+            }
             for (c, counter) in state.counters.iter_mut().enumerate() {
                 ops.extend(self.plan(&instance, c, counter, now));
             }

@@ -270,7 +270,8 @@ fn rejected_admission_is_a_429_that_reaches_no_server() {
     );
     assert!(r.headers.contains("x-ratelimit-remaining-tokens: 0"));
     let body = json(&r.body);
-    assert_eq!(body["error"]["type"], "rate_limit_exceeded");
+    // OpenAI's shape: the type names what ran out.
+    assert_eq!(body["error"]["type"], "tokens");
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
     assert!(sim.records().is_empty());
 }

@@ -1,0 +1,207 @@
+//! Reloads keep unchanged budgets as they are, carry changed ones over conservatively, drop
+//! removed ones, and never let a request through unmetered or on a fresh budget, also while
+//! requests race with the reload.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    thread,
+};
+
+use sluice_common::quota::Dimension;
+
+use crate::quota::{
+    BudgetConfig, LimitConfig, MemoryStore, Mirror, TenantKey,
+    tests::{Prompt, admit, admit_model, engine, pod, state, usage},
+};
+
+fn budget(name: &str, total: u64) -> BudgetConfig {
+    BudgetConfig::new(
+        name,
+        vec![LimitConfig::new("1h".parse().unwrap()).total_tokens(total)],
+    )
+}
+
+#[test]
+fn an_unchanged_budget_keeps_its_counts_and_its_requests_in_flight() {
+    let (quota, _) = engine(vec![budget("a", 1000), budget("b", 1000)]);
+    let who = pod("t");
+    admit(&quota, &who, &Prompt::tokens(100), Some(100))
+        .unwrap()
+        .finish(usage(100, 50));
+    let in_flight = admit(&quota, &who, &Prompt::tokens(100), Some(200)).unwrap();
+    // `b` changes, `a` does not.
+    let stats = quota
+        .reload(
+            TenantKey::Namespace,
+            vec![budget("a", 1000), budget("b", 2000)],
+        )
+        .unwrap();
+    assert_eq!((stats.kept, stats.changed, stats.retired), (1, 1, 1));
+    let a = |q: &crate::quota::Quota| {
+        q.snapshot()
+            .into_iter()
+            .find(|(_, v)| sluice_common::quota::decode_name(&v.budget) == "a")
+            .unwrap()
+            .1
+    };
+    assert_eq!((a(&quota).used, a(&quota).reserved), (150, 300));
+    // The request in flight settles as if nothing happened, on `a` exactly.
+    in_flight.finish(usage(100, 20));
+    assert_eq!((a(&quota).used, a(&quota).reserved), (270, 0));
+}
+
+#[test]
+fn a_changed_budget_carries_its_usage_and_counts_reservations_in_flight_as_used() {
+    let (quota, _) = engine(vec![budget("b", 1000)]);
+    let who = pod("t");
+    admit(&quota, &who, &Prompt::tokens(100), Some(100))
+        .unwrap()
+        .finish(usage(100, 100));
+    let in_flight = admit(&quota, &who, &Prompt::tokens(100), Some(200)).unwrap();
+    quota
+        .reload(TenantKey::Namespace, vec![budget("b", 600)])
+        .unwrap();
+    // 200 used + 300 in flight carried as used, against the new limit of 600.
+    assert!(admit(&quota, &who, &Prompt::tokens(50), Some(51)).is_err());
+    let t = admit(&quota, &who, &Prompt::tokens(50), Some(50)).unwrap();
+    let s = state(&quota, "t", Dimension::TotalTokens);
+    assert_eq!((s.limit, s.used, s.reserved), (600, 500, 100));
+    // The old request settles against the retired instance; the new budget is not credited.
+    in_flight.finish(usage(100, 0));
+    drop(t);
+    let s = state(&quota, "t", Dimension::TotalTokens);
+    assert_eq!((s.used, s.reserved), (500, 0));
+}
+
+#[test]
+fn a_new_shape_keeps_matching_counters_and_starts_new_ones() {
+    let (quota, _) = engine(vec![budget("b", 1000)]);
+    let who = pod("t");
+    admit(&quota, &who, &Prompt::tokens(100), Some(100))
+        .unwrap()
+        .finish(usage(100, 100));
+    let mut reshaped = budget("b", 1000);
+    reshaped.limits[0] = reshaped.limits[0].requests(10);
+    quota.reload(TenantKey::Namespace, vec![reshaped]).unwrap();
+    admit(&quota, &who, &Prompt::tokens(1), Some(1))
+        .unwrap()
+        .finish(usage(1, 1));
+    assert_eq!(state(&quota, "t", Dimension::TotalTokens).used, 202);
+    assert_eq!(state(&quota, "t", Dimension::Requests).used, 1);
+}
+
+#[test]
+fn changing_per_model_starts_over_and_a_removed_budget_stops_metering() {
+    let (quota, _) = engine(vec![budget("b", 1000)]);
+    let who = pod("t");
+    admit(&quota, &who, &Prompt::tokens(500), Some(500))
+        .unwrap()
+        .finish(usage(500, 500));
+    assert!(admit(&quota, &who, &Prompt::tokens(1), Some(1)).is_err());
+    let mut per_model = budget("b", 1000);
+    per_model.per_model = true;
+    quota.reload(TenantKey::Namespace, vec![per_model]).unwrap();
+    assert!(admit_model(&quota, &who, "m", &Prompt::tokens(1), Some(1)).is_ok());
+
+    let stats = quota.reload(TenantKey::Namespace, Vec::new()).unwrap();
+    assert_eq!(stats.removed, 1);
+    let t = admit(&quota, &who, &Prompt::tokens(1), Some(1)).unwrap();
+    assert!(t.headers().is_empty(), "unmetered: no budget applies");
+}
+
+#[test]
+fn an_invalid_reload_is_refused_and_the_old_budgets_stay() {
+    let (quota, _) = engine(vec![budget("b", 100)]);
+    let who = pod("t");
+    let bad = vec![budget("x", 1), budget("x", 2)];
+    assert!(quota.reload(TenantKey::Namespace, bad).is_err());
+    assert!(admit(&quota, &who, &Prompt::tokens(50), Some(51)).is_err());
+    assert!(admit(&quota, &who, &Prompt::tokens(50), Some(50)).is_ok());
+}
+
+#[test]
+fn the_mirror_keeps_carried_entries_and_deletes_those_of_removed_budgets() {
+    let (quota, _) = engine(vec![budget("keep", 1000), budget("gone", 1000)]);
+    let store = MemoryStore::default();
+    let mut mirror = Mirror::new(quota.clone(), Arc::new(store.clone()));
+    let who = pod("t");
+    admit(&quota, &who, &Prompt::tokens(10), Some(10))
+        .unwrap()
+        .finish(usage(10, 10));
+    mirror.tick().unwrap();
+    assert_eq!(store.entries().len(), 2);
+    quota
+        .reload(TenantKey::Namespace, vec![budget("keep", 500)])
+        .unwrap();
+    mirror.tick().unwrap();
+    let entries = store.entries();
+    assert_eq!(entries.len(), 1, "the removed budget's entry is deleted");
+    let kept = entries.values().next().unwrap();
+    assert_eq!(
+        (kept.limit, kept.used),
+        (1000, 20),
+        "until its successor writes it"
+    );
+    admit(&quota, &who, &Prompt::tokens(1), Some(1))
+        .unwrap()
+        .finish(usage(1, 1));
+    mirror.tick().unwrap();
+    let kept = *store.entries().values().next().unwrap();
+    assert_eq!((kept.limit, kept.used), (500, 22));
+}
+
+#[test]
+fn requests_racing_with_reloads_never_exceed_the_budget_or_go_unmetered() {
+    const LIMIT: u64 = 20_000;
+    const COST: u64 = 100;
+    let (quota, _) = engine(vec![budget("b", LIMIT)]);
+    let done = Arc::new(AtomicU64::new(0));
+    let admitted = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (quota, admitted, done) = (quota.clone(), Arc::clone(&admitted), Arc::clone(&done));
+            thread::spawn(move || {
+                let who = pod("t");
+                for _ in 0..2000 {
+                    let Ok(ticket) = admit(&quota, &who, &Prompt::tokens(COST / 2), Some(COST / 2))
+                    else {
+                        thread::yield_now();
+                        continue;
+                    };
+                    assert!(!ticket.headers().is_empty(), "admitted unmetered");
+                    admitted.fetch_add(1, Ordering::Relaxed);
+                    ticket.finish(usage(COST / 2, COST / 2));
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    // Flip a setting that makes the budget "changed" on every reload, while the workers run.
+    let mut reloads = 0u64;
+    while done.load(Ordering::Relaxed) < 4 {
+        let mut b = budget("b", LIMIT);
+        b.default_max_tokens = 1000 + reloads % 2;
+        quota.reload(TenantKey::Namespace, vec![b]).unwrap();
+        reloads += 1;
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(
+        reloads > 10,
+        "only {reloads} reloads raced with the requests"
+    );
+    let admitted = admitted.load(Ordering::Relaxed);
+    assert!(
+        admitted * COST <= LIMIT,
+        "{admitted} requests of {COST} admitted against {LIMIT}"
+    );
+    assert!(admitted > 0);
+    // The last reload's successor takes the carried state when it is first looked up.
+    assert!(admit(&quota, &pod("t"), &Prompt::tokens(COST / 2), Some(COST / 2)).is_err());
+    let s = state(&quota, "t", Dimension::TotalTokens);
+    assert!(s.used + s.reserved <= LIMIT, "{s:?}");
+}
