@@ -139,8 +139,8 @@ fn job(
     let stream = request["stream"].as_bool().unwrap_or(false);
     let prompt_tokens = count_prompt(shape, request);
     let tps = header_f64("x-sim-tps").unwrap_or(config.tokens_per_second);
-    let ttft = header_f64("x-sim-ttft-ms")
-        .map_or(config.ttft, |ms| Duration::from_secs_f64(ms / 1000.0));
+    let ttft =
+        header_f64("x-sim-ttft-ms").map_or(config.ttft, |ms| Duration::from_secs_f64(ms / 1000.0));
     let index = {
         let mut records = lock(&state.records);
         records.push(Record {
@@ -258,11 +258,12 @@ impl Emitter<'_> {
             event
         };
         self.sent_bytes += event.len();
-        if self.faults.reset_after_bytes.is_some_and(|n| self.sent_bytes > n) {
-            let _ = self
-                .tx
-                .send(Err(io::Error::other("simulated reset")))
-                .await;
+        if self
+            .faults
+            .reset_after_bytes
+            .is_some_and(|n| self.sent_bytes > n)
+        {
+            let _ = self.tx.send(Err(io::Error::other("simulated reset"))).await;
             return Err(());
         }
         self.tx.send(Ok(Bytes::from(event))).await.map_err(|_| ())

@@ -70,9 +70,8 @@ pub(super) async fn serve(
         let (config, state, server) =
             (Arc::clone(&config), Arc::clone(&state), Arc::clone(&server));
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                handle(Arc::clone(&config), Arc::clone(&state), peer, req)
-            });
+            let service =
+                service_fn(move |req| handle(Arc::clone(&config), Arc::clone(&state), peer, req));
             let _ = server.serve_connection(TokioIo::new(stream), service).await;
         });
     }

@@ -121,8 +121,10 @@ impl Shape {
             Self::Chat | Self::Completions | Self::Embeddings => {
                 let mut events = vec![chunk(job, json!({}), Some("length"))];
                 if job.include_usage {
-                    events.push(data(&json!({"id":"cmpl-sim","object":object(job),"created":0,
-                        "model":job.model,"choices":[],"usage":openai_usage(job, generated)})));
+                    events.push(data(
+                        &json!({"id":"cmpl-sim","object":object(job),"created":0,
+                        "model":job.model,"choices":[],"usage":openai_usage(job, generated)}),
+                    ));
                 }
                 events.push("data: [DONE]\n\n".to_owned());
                 events
@@ -186,19 +188,25 @@ impl Shape {
     /// The non-streaming answer.
     pub fn body(self, job: &Job, text: &str, generated: u64) -> Value {
         match self {
-            Self::Chat => json!({"id":"cmpl-sim","object":"chat.completion","created":0,"model":job.model,
+            Self::Chat => {
+                json!({"id":"cmpl-sim","object":"chat.completion","created":0,"model":job.model,
                 "choices":[{"index":0,"message":{"role":"assistant","content":text},"finish_reason":"length"}],
-                "usage":openai_usage(job, generated)}),
-            Self::Completions => json!({"id":"cmpl-sim","object":"text_completion","created":0,"model":job.model,
+                "usage":openai_usage(job, generated)})
+            }
+            Self::Completions => {
+                json!({"id":"cmpl-sim","object":"text_completion","created":0,"model":job.model,
                 "choices":[{"index":0,"text":text,"finish_reason":"length"}],
-                "usage":openai_usage(job, generated)}),
+                "usage":openai_usage(job, generated)})
+            }
             Self::Embeddings => json!({"object":"list","model":job.model,
                 "data":[{"object":"embedding","index":0,"embedding":[0.0,0.5,1.0]}],
                 "usage":{"prompt_tokens":job.prompt_tokens,"total_tokens":job.prompt_tokens}}),
             Self::Responses => response(job, "completed", Some(text), self.usage(job, generated)),
-            Self::Messages => json!({"id":"msg_sim","type":"message","role":"assistant","model":job.model,
+            Self::Messages => {
+                json!({"id":"msg_sim","type":"message","role":"assistant","model":job.model,
                 "content":[{"type":"text","text":text}],"stop_reason":"max_tokens","stop_sequence":null,
-                "usage":anthropic_usage(job, generated)}),
+                "usage":anthropic_usage(job, generated)})
+            }
         }
     }
 
@@ -238,7 +246,9 @@ fn chunk(job: &Job, delta: Value, finish: Option<&str>) -> String {
     } else {
         json!({"index":0,"text":delta["content"].as_str().unwrap_or(""),"logprobs":null,"finish_reason":finish})
     };
-    data(&json!({"id":"cmpl-sim","object":object(job),"created":0,"model":job.model,"choices":[choice]}))
+    data(
+        &json!({"id":"cmpl-sim","object":object(job),"created":0,"model":job.model,"choices":[choice]}),
+    )
 }
 
 fn openai_usage(job: &Job, generated: u64) -> Value {

@@ -19,6 +19,7 @@ mod admin;
 mod errors;
 mod inference;
 mod passthrough;
+mod shapes;
 mod streams;
 
 /// What curl got.
