@@ -17,6 +17,7 @@ use crate::loopback::CLIENT;
 
 mod admin;
 mod errors;
+mod h2abuse;
 mod inference;
 mod passthrough;
 mod shapes;
