@@ -212,7 +212,7 @@ async fn produce(
     }
     if let Some(len) = job.faults.long_line {
         let head = r#"data: {"type":"sim.padding","padding":""#;
-        let pad = "x".repeat(len.saturating_sub(head.len() + 2));
+        let pad = "x".repeat(len.saturating_sub(head.len() + 4));
         if out.send(format!("{head}{pad}\"}}\n\n")).await.is_err() {
             return (generated, false);
         }

@@ -16,8 +16,10 @@ use tokio::{
 use crate::loopback::CLIENT;
 
 mod admin;
+mod backpressure;
 mod errors;
 mod h2abuse;
+mod hostile;
 mod inference;
 mod passthrough;
 mod shapes;
