@@ -21,6 +21,7 @@ mod errors;
 mod h2abuse;
 mod hostile;
 mod inference;
+mod injection;
 mod passthrough;
 mod shapes;
 mod streams;

@@ -1,11 +1,14 @@
-//! Streams that end badly, through the real path (see `e2e_proxy`): the client walks away, the
+//! Streams that end badly, through the real path (`crate::e2e`): the client walks away, the
 //! model server resets, a client trickles its head. The simulator's records prove what
 //! happened upstream; the agent's metrics, what it metered.
 
 use std::time::Duration;
 
-use super::e2e_proxy::{Cluster, python_output, sse_data};
-use crate::{modelsim::SimConfig, privileged};
+use crate::{
+    e2e::{Cluster, python_output, sse_data},
+    modelsim::SimConfig,
+    privileged,
+};
 
 #[test]
 fn a_client_abort_cancels_the_upstream_and_meters_what_was_generated() {

@@ -170,7 +170,8 @@ async fn rapid_reset_gets_goaway_and_bounded_work() {
         "GOAWAY reason"
     );
     let last_stream = u32_at(&goaway.payload, 0) & 0x7fff_ffff;
-    let processed = (last_stream + 1) / 2;
+    // Client streams are the odd ids 1, 3, 5, ...
+    let processed = last_stream.div_ceil(2);
     let forwarded = sim.records().len();
     eprintln!(
         "rapid reset: sent {sent} streams, GOAWAY after stream {last_stream} ({processed} streams), {forwarded} reached the model server"
