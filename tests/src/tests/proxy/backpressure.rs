@@ -144,3 +144,59 @@ async fn a_stalled_stream_holds_a_small_fixed_buffer_in_the_proxy() {
     // The generators stopped far short of their million tokens each.
     assert!(last < 100_000 * STREAMS as u64, "{last} tokens generated");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_again_is_cut_and_settled() {
+    let sim = ModelSim::start(SimConfig::default());
+    let admission = crate::loopback::RecordingAdmission::default();
+    let config = sluice::proxy::Config {
+        stream_idle_timeout: Duration::from_millis(500),
+        ..test_config()
+    };
+    let proxy = TestProxy::start_with(config, sim.addr(), |mut d| {
+        d.admission = std::sync::Arc::new(admission.clone());
+        d
+    });
+    let body = CHAT_STREAM.replace(r#""max_tokens":5"#, r#""max_tokens":1000000"#);
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: model\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let socket = TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
+    socket
+        .set_recv_buffer_size(16 << 10)
+        .unwrap_or_else(|e| panic!("{e}"));
+    socket
+        .bind(
+            format!("{CLIENT}:0")
+                .parse()
+                .unwrap_or_else(|e| panic!("{e}")),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut stalled = socket
+        .connect(proxy.addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    stalled
+        .write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Never read. Once the buffers are full the proxy cannot write for the idle timeout: it
+    // must give the stream up (the upstream request cancelled, the ticket settled) instead of
+    // holding it for as long as the client stays connected.
+    let records = sim.wait_for(Duration::from_secs(20), |r| {
+        r.first().is_some_and(|r| r.aborted)
+    });
+    assert!(
+        records.first().is_some_and(|r| r.aborted),
+        "the stalled stream is still open upstream: {records:?}"
+    );
+    let settled = admission.wait_settled(1, Duration::from_secs(5));
+    assert_eq!(settled.len(), 1, "settled once");
+    assert!(settled[0].output_tokens > 0, "{:?}", settled[0]);
+    assert_eq!(
+        proxy.metric(r#"sluice_streams_total{outcome="client_abort"}"#),
+        1.0
+    );
+    drop(stalled);
+}
