@@ -33,6 +33,7 @@ use crate::{
 pub mod account;
 pub mod body;
 pub mod http;
+pub mod idle;
 pub mod metrics;
 pub mod oversize;
 pub mod policy;
@@ -70,7 +71,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// Time from sending a request upstream to its response headers (504 past it).
     pub response_header_timeout: Duration,
-    /// Longest silence between two chunks of a response body.
+    /// Longest silence between two chunks of a response body; also the longest a client may
+    /// accept no bytes while the proxy has some to write (a stalled reader is cut).
     pub stream_idle_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
@@ -349,6 +351,8 @@ async fn serve_connection(
     metrics.active_connections.inc();
     let peer = conn.peer;
     let conn = Arc::new(conn);
+    // A client that stops accepting bytes is cut after the same silence an upstream is.
+    let stream = idle::WriteIdle::new(stream, shared.config.stream_idle_timeout);
     let service =
         service_fn(move |request| http::serve(Arc::clone(&shared), Arc::clone(&conn), request));
     let connection = server.serve_connection(TokioIo::new(stream), service);

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod bpftool;
 pub mod cgroup;
+pub mod e2e;
 pub mod loadgen;
 pub mod loopback;
 pub mod modelsim;

@@ -13,6 +13,8 @@ mod privileged {
     mod apply;
     mod config_source;
     mod e2e;
+    mod e2e_faults;
+    mod e2e_proxy;
     mod failopen;
     mod inspect;
     mod quota;

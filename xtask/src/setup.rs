@@ -26,8 +26,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("python3-venv", "python3 -m venv"),
 ];
 
-/// PyPI packages for offline manifest validation, pinned (they carry Kubernetes' schemas).
-const PYTHON_PACKAGES: &[&str] = &["kubernetes-validate==1.37.0"];
+/// PyPI packages, pinned: offline manifest validation (it carries Kubernetes' schemas), and
+/// the official OpenAI SDK, the second real client of the end-to-end proxy tests.
+const PYTHON_PACKAGES: &[&str] = &["kubernetes-validate==1.37.0", "openai==3.54.0"];
 
 /// Where the venv lives (under target/, so `cargo clean` removes it).
 pub const VENV: &str = "target/py-venv";
@@ -53,7 +54,7 @@ pub fn run(opts: &Options) -> Result<()> {
     Ok(())
 }
 
-/// A venv with the pinned validation packages; reinstalls when the pins change.
+/// A venv with the pinned packages; installs again (into the same venv) when the pins change.
 fn python_venv() -> Result<()> {
     let venv = cmd::workspace_root().join(VENV);
     let stamp = venv.join("sluice-requirements.txt");

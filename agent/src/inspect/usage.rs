@@ -189,12 +189,18 @@ impl Meter {
         for usage in [
             message.usage.as_ref(),
             message.response.as_ref().and_then(|r| r.usage.as_ref()),
-            message.message.as_ref().and_then(|m| m.usage.as_ref()),
         ]
         .into_iter()
         .flatten()
         {
             self.read_usage(usage);
+        }
+        // Anthropic's `message_start` reports a provisional `output_tokens` (typically 1)
+        // before anything is generated: taking it as the output would meter a stream that
+        // ends without `message_delta` (client abort, `error` event) as 1 token. Only its
+        // input side counts; the output comes from `message_delta` or from counting the text.
+        if let Some(usage) = message.message.as_ref().and_then(|m| m.usage.as_ref()) {
+            self.read_input(usage);
         }
         let before = self.text.len();
         for choice in message.choices.iter().flatten() {
@@ -226,15 +232,7 @@ impl Meter {
     /// Usage fields only ever grow: Anthropic's `message_delta` is cumulative and may repeat
     /// input counts; Chat's usage arrives once (or on every chunk with continuous stats).
     fn read_usage(&mut self, usage: &UsageFields) {
-        let input = usage.prompt_tokens.or_else(|| {
-            usage.input_tokens.map(|i| {
-                i + usage.cache_creation_input_tokens.unwrap_or(0)
-                    + usage.cache_read_input_tokens.unwrap_or(0)
-            })
-        });
-        if let Some(input) = input {
-            self.input = Some(self.input.map_or(input, |i| i.max(input)));
-        }
+        let input = self.read_input(usage);
         // Embeddings report no output: that is zero, not unknown.
         let output = usage
             .completion_tokens
@@ -243,6 +241,18 @@ impl Meter {
         if let Some(output) = output {
             self.output = Some(self.output.map_or(output, |o| o.max(output)));
         }
+    }
+
+    /// Reads the input side of a usage object; returns the input it reported, if any.
+    fn read_input(&mut self, usage: &UsageFields) -> Option<u64> {
+        let input = usage.prompt_tokens.or_else(|| {
+            usage.input_tokens.map(|i| {
+                i + usage.cache_creation_input_tokens.unwrap_or(0)
+                    + usage.cache_read_input_tokens.unwrap_or(0)
+            })
+        })?;
+        self.input = Some(self.input.map_or(input, |i| i.max(input)));
+        Some(input)
     }
 
     fn push_texts(&mut self, texts: &Texts<'_>) {

@@ -68,6 +68,9 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// Prefix of sluice's own headers: a client must never be able to send them.
 const INTERNAL_PREFIX: &str = "x-sluice-";
 
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
 /// Serves one request; never fails (errors become responses).
 pub async fn serve(
     shared: Arc<Shared>,
@@ -122,7 +125,7 @@ async fn passthrough(
 ) -> Result<Response<ResponseBody>, Error> {
     let dst = conn.interception.original_dst;
     let (mut parts, body) = request.into_parts();
-    prepare_upstream(&mut parts, dst);
+    prepare_upstream(&mut parts, dst, conn.peer);
     let body = Counted::new(body, shared.bytes_upstream.clone());
     let request = Request::from_parts(parts, Either::Left(body));
     let response = shared.upstream.send(dst, request).await?;
@@ -201,7 +204,10 @@ async fn inference(
     let rate_headers = ticket.headers().clone();
 
     let body = inspect::with_usage_requested(&parsed, body);
-    prepare_upstream(&mut parts, dst);
+    prepare_upstream(&mut parts, dst, conn.peer);
+    // The whole body is read (and `100 Continue` answered) here: the upstream gets it at
+    // once, with nothing left to expect.
+    parts.headers.remove(header::EXPECT);
     parts.headers.remove(header::CONTENT_LENGTH);
     parts
         .headers
@@ -319,8 +325,13 @@ pub(super) fn api_key(headers: &HeaderMap) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
 }
 
-/// Points a request at `dst` over HTTP/1.1 and removes what must not cross the hop.
-pub(super) fn prepare_upstream(parts: &mut http::request::Parts, dst: SocketAddr) {
+/// Points a request at `dst` over HTTP/1.1, removes what must not cross the hop, and states
+/// who the client is.
+pub(super) fn prepare_upstream(
+    parts: &mut http::request::Parts,
+    dst: SocketAddr,
+    peer: SocketAddr,
+) {
     // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstream needs it as `Host`.
     if !parts.headers.contains_key(header::HOST) {
         let host = parts.uri.authority().map_or_else(
@@ -347,6 +358,7 @@ pub(super) fn prepare_upstream(parts: &mut http::request::Parts, dst: SocketAddr
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     strip_internal(&mut parts.headers);
+    set_forwarded_for(&mut parts.headers, peer);
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -371,6 +383,20 @@ fn strip_internal(headers: &mut HeaderMap) {
         .collect();
     for name in internal {
         headers.remove(name);
+    }
+}
+
+/// The upstream sees the proxy's address, so it learns the client's from `x-forwarded-for`,
+/// which sluice sets to the address it accepted the connection from. Whatever the pod claimed
+/// (`x-forwarded-for`, `forwarded`, `x-real-ip`) is dropped: the pod is the first hop sluice
+/// can vouch for, and identity never comes from headers a client writes.
+fn set_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+    headers.remove(header::FORWARDED);
+    headers.remove(X_REAL_IP);
+    headers.remove(X_FORWARDED_FOR);
+    // An IP address always makes a valid header value.
+    if let Ok(value) = HeaderValue::from_str(&peer.ip().to_string()) {
+        headers.insert(X_FORWARDED_FOR, value);
     }
 }
 

@@ -16,10 +16,15 @@ use tokio::{
 use crate::loopback::CLIENT;
 
 mod admin;
+mod backpressure;
 mod errors;
+mod h2abuse;
+mod hostile;
 mod inference;
+mod injection;
 mod passthrough;
 mod policies;
+mod shapes;
 mod streams;
 
 /// What curl got.
