@@ -68,7 +68,11 @@ impl Quota {
         }
         .validate()?;
         let old = inner.table.load_full();
-        let (slots, replaced, mut stats) = plan(&old, budgets);
+        let Plan {
+            slots,
+            replaced,
+            mut stats,
+        } = plan(&old, budgets);
         let table = Table::new(tenant, slots, inner.max_instances, inner.store_capacity);
         let now = inner.clock.now_ms();
         for &(slot, successor) in &replaced {
@@ -94,12 +98,16 @@ impl Quota {
     }
 }
 
-/// The new table's slots, the old slots it replaces (each with its successor's slot, if the
-/// budget still exists), and the counts.
-fn plan(
-    old: &Table,
-    budgets: Vec<BudgetConfig>,
-) -> (Vec<Option<Budget>>, Vec<(u32, Option<u32>)>, Reloaded) {
+/// What a reload does to the table.
+struct Plan {
+    /// The new table's slots.
+    slots: Vec<Option<Budget>>,
+    /// The old slots it replaces, each with its successor's slot if the budget still exists.
+    replaced: Vec<(u32, Option<u32>)>,
+    stats: Reloaded,
+}
+
+fn plan(old: &Table, budgets: Vec<BudgetConfig>) -> Plan {
     let by_name: HashMap<&str, u32> = old
         .slots
         .iter()
@@ -140,7 +148,11 @@ fn plan(
             replaced.push((i, None));
         }
     }
-    (slots, replaced, stats)
+    Plan {
+        slots,
+        replaced,
+        stats,
+    }
 }
 
 // === impl Inner ===

@@ -164,8 +164,8 @@ async fn one(
     i: usize,
     slot: &mut Option<http1::SendRequest<Full<Bytes>>>,
 ) -> Result<Value> {
-    let stream = opts.stream_every > 0 && i % opts.stream_every == 0;
-    let abort = stream && opts.abort_every > 0 && i % opts.abort_every == 0;
+    let stream = opts.stream_every > 0 && i.is_multiple_of(opts.stream_every);
+    let abort = stream && opts.abort_every > 0 && i.is_multiple_of(opts.abort_every);
     let mut sender = match slot.take() {
         Some(s) if s.is_ready() => s,
         _ => connect(opts.to).await?,
