@@ -27,11 +27,11 @@ pub fn over_budget(rule: &InterceptRule) -> bool {
         _pad: 0,
     };
     // SAFETY: the value is copied out before any other map operation.
-    let Some(tenant) = (unsafe { QUOTA_TENANTS.get(&caller) }).copied() else {
+    let Some(tenant) = (unsafe { QUOTA_TENANTS.get(caller) }).copied() else {
         return false;
     };
     // SAFETY: as above; only the flags are read.
-    let refused = unsafe { QUOTA.get(&connect_key(tenant)) }.is_some_and(refuses_connect);
+    let refused = unsafe { QUOTA.get(connect_key(tenant)) }.is_some_and(refuses_connect);
     if refused {
         count(Counter::RefusedQuota);
     }
