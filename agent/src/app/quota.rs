@@ -91,7 +91,7 @@ impl Synced {
             match quota.reload(TenantKey::Namespace, budgets.clone()) {
                 Ok(_) => self.budgets = Some(budgets.clone()),
                 Err(error) => {
-                    warn!(version = snap.version, error = %error_chain(&error),
+                    warn!(version = snap.version, error = %crate::telemetry::error_chain(&error),
                         "token budgets rejected; the previous ones stay");
                 }
             }
@@ -115,15 +115,4 @@ impl Synced {
             }
         }
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

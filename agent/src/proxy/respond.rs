@@ -95,14 +95,7 @@ impl Error {
     /// The client-facing message: this error and its causes, without internal addresses of
     /// upstream sockets beyond what the client itself dialled.
     fn message(&self) -> String {
-        let mut message = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(e) = source {
-            message.push_str(": ");
-            message.push_str(&e.to_string());
-            source = e.source();
-        }
-        message
+        crate::telemetry::error_chain(self)
     }
 }
 

@@ -310,7 +310,7 @@ impl Shared {
                 self.metrics.store_ops.with_label_values(&["error"]).inc();
                 if self.set_degraded(true) {
                     warn!(
-                        error = %error_chain(&error),
+                        error = %crate::telemetry::error_chain(&error),
                         key = %planned.key,
                         "cluster quota store unreachable: enforcing cluster budgets per node (node shares)"
                     );
@@ -381,15 +381,4 @@ async fn futures_join_all(
     for handle in handles {
         let _ = handle.await;
     }
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
