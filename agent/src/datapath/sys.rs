@@ -52,22 +52,29 @@ struct InfoAttr {
     info: u64,
 }
 
-/// Opens a pinned bpf object (map, program or link).
-pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
-    #[repr(C, align(8))]
-    struct Attr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
+/// `BPF_OBJ_GET` and `BPF_OBJ_PIN` share one attribute layout.
+#[repr(C, align(8))]
+struct ObjAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// Runs `cmd` (`BPF_OBJ_GET` or `BPF_OBJ_PIN`) on `path`; `bpf_fd` is 0 for a get.
+fn obj_cmd(cmd: libc::c_long, path: &Path, bpf_fd: u32) -> io::Result<libc::c_long> {
     let c = CString::new(path.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut attr = Attr {
+    let mut attr = ObjAttr {
         pathname: c.as_ptr() as u64,
-        bpf_fd: 0,
+        bpf_fd,
         file_flags: 0,
     };
-    let fd = bpf(BPF_OBJ_GET, (&raw mut attr).cast(), size_of::<Attr>())?;
+    bpf(cmd, (&raw mut attr).cast(), size_of::<ObjAttr>())
+}
+
+/// Opens a pinned bpf object (map, program or link).
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let fd = obj_cmd(BPF_OBJ_GET, path, 0)?;
     let fd = i32::try_from(fd).map_err(|_| io::Error::other("fd out of range"))?;
     // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -75,20 +82,7 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
 
 /// Pins a bpf object at `path` (on a bpffs).
 pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
-    #[repr(C, align(8))]
-    struct Attr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let mut attr = Attr {
-        pathname: c.as_ptr() as u64,
-        bpf_fd: raw(fd)?,
-        file_flags: 0,
-    };
-    bpf(BPF_OBJ_PIN, (&raw mut attr).cast(), size_of::<Attr>()).map(drop)
+    obj_cmd(BPF_OBJ_PIN, path, raw(fd)?).map(drop)
 }
 
 /// Attaches `prog` to the cgroup `target` with a bpf_link (Linux 5.7). aya 0.14 cannot turn
