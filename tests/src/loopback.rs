@@ -100,6 +100,17 @@ impl TestProxy {
         Self::start_with(config, upstream, |deps| deps)
     }
 
+    /// As [`TestProxy::start`], with an admission that admits everything and records what it
+    /// was asked and what was settled.
+    pub fn recording(config: proxy::Config, upstream: SocketAddr) -> (Self, RecordingAdmission) {
+        let admission = RecordingAdmission::default();
+        let proxy = Self::start_with(config, upstream, |mut d| {
+            d.admission = Arc::new(admission.clone());
+            d
+        });
+        (proxy, admission)
+    }
+
     /// As [`TestProxy::start`], with the dependencies adjusted by `adjust`.
     pub fn start_with(
         config: proxy::Config,

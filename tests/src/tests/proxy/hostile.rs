@@ -3,7 +3,7 @@
 //! bodies with trailers on an inference path (#24), an oversized SSE line (#26), an upstream
 //! that closes before answering (#29). Injection (#40, #41) is in `injection.rs`.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -16,12 +16,7 @@ use crate::{
 const JSON: &str = "content-type: application/json";
 
 fn recording(config: sluice::proxy::Config, sim: &ModelSim) -> (TestProxy, RecordingAdmission) {
-    let admission = RecordingAdmission::default();
-    let proxy = TestProxy::start_with(config, sim.addr(), |mut d| {
-        d.admission = Arc::new(admission.clone());
-        d
-    });
-    (proxy, admission)
+    TestProxy::recording(config, sim.addr())
 }
 
 fn request_with_headers(n: usize) -> String {

@@ -13,11 +13,7 @@ const JSON: &str = "content-type: application/json";
 #[test]
 fn non_streaming_chat_is_forwarded_and_metered() {
     let sim = ModelSim::start(SimConfig::default());
-    let admission = RecordingAdmission::default();
-    let proxy = TestProxy::start_with(test_config(), sim.addr(), |mut d| {
-        d.admission = Arc::new(admission.clone());
-        d
-    });
+    let (proxy, admission) = TestProxy::recording(test_config(), sim.addr());
     let r = curl(
         &[
             "-H",
@@ -83,11 +79,7 @@ fn non_streaming_chat_is_forwarded_and_metered() {
 #[test]
 fn streaming_without_usage_asks_for_it_and_hides_the_usage_chunk() {
     let sim = ModelSim::start(SimConfig::default());
-    let admission = RecordingAdmission::default();
-    let proxy = TestProxy::start_with(test_config(), sim.addr(), |mut d| {
-        d.admission = Arc::new(admission.clone());
-        d
-    });
+    let (proxy, admission) = TestProxy::recording(test_config(), sim.addr());
     let r = curl(
         &[
             "-N",
@@ -170,11 +162,7 @@ fn streaming_client_that_asks_for_usage_gets_exactly_one_usage_chunk() {
 #[test]
 fn a_stream_without_server_usage_is_counted_locally() {
     let sim = ModelSim::start(SimConfig::default());
-    let admission = RecordingAdmission::default();
-    let proxy = TestProxy::start_with(test_config(), sim.addr(), |mut d| {
-        d.admission = Arc::new(admission.clone());
-        d
-    });
+    let (proxy, admission) = TestProxy::recording(test_config(), sim.addr());
     let r = curl(
         &[
             "-N",
@@ -207,11 +195,7 @@ fn a_stream_without_server_usage_is_counted_locally() {
 #[test]
 fn completions_and_embeddings_are_inspected_too() {
     let sim = ModelSim::start(SimConfig::default());
-    let admission = RecordingAdmission::default();
-    let proxy = TestProxy::start_with(test_config(), sim.addr(), |mut d| {
-        d.admission = Arc::new(admission.clone());
-        d
-    });
+    let (proxy, admission) = TestProxy::recording(test_config(), sim.addr());
     let r = curl(
         &[
             "-N",

@@ -198,11 +198,7 @@ fn the_policys_tenant_key_names_the_budget_and_429s_come_from_the_quota_engine()
 fn an_upstream_failure_after_admission_still_carries_the_rate_limit_headers() {
     // Nothing listens here: connecting fails after admission.
     let dead: SocketAddr = "127.0.0.1:9".parse().unwrap_or_else(|e| panic!("{e}"));
-    let admission = RecordingAdmission::default();
-    let proxy = TestProxy::start_with(test_config(), dead, |mut d| {
-        d.admission = Arc::new(admission.clone());
-        d
-    });
+    let (proxy, admission) = TestProxy::recording(test_config(), dead);
     let r = chat(&proxy, CHAT);
     assert_eq!(r.status, 502, "{r:?}");
     assert!(

@@ -2,7 +2,7 @@
 //! the proxy settles are exactly the ones the simulator generated and reported, streaming and
 //! not, also when the stream ends in the API's error event or the client walks away.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -18,12 +18,7 @@ use crate::{
 const JSON: &str = "content-type: application/json";
 
 fn recording(sim: &ModelSim) -> (TestProxy, RecordingAdmission) {
-    let admission = RecordingAdmission::default();
-    let proxy = TestProxy::start_with(test_config(), sim.addr(), |mut d| {
-        d.admission = Arc::new(admission.clone());
-        d
-    });
-    (proxy, admission)
+    TestProxy::recording(test_config(), sim.addr())
 }
 
 /// (path, body) of a request for `max` tokens to each shape's endpoint.

@@ -1,7 +1,7 @@
 //! Streams that end badly: the client aborts, the upstream resets or goes silent, the client
 //! stops reading. Each settles its ticket exactly once, never hangs, and holds bounded memory.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -18,12 +18,7 @@ use crate::{
 const JSON: &str = "content-type: application/json";
 
 fn recording(config: sluice::proxy::Config, sim: &ModelSim) -> (TestProxy, RecordingAdmission) {
-    let admission = RecordingAdmission::default();
-    let proxy = TestProxy::start_with(config, sim.addr(), |mut d| {
-        d.admission = Arc::new(admission.clone());
-        d
-    });
-    (proxy, admission)
+    TestProxy::recording(config, sim.addr())
 }
 
 fn chat_stream(max_tokens: u64) -> String {
