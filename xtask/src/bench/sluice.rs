@@ -181,6 +181,7 @@ pub fn start(
                 policy_yaml(variant, &[backends.0.port(), backends.1.port()]),
             )
             .with_context(|| format!("writing {}", policy.display()))?;
+            refused_config(sluice, &policy)?;
             c.arg("--config").arg(&policy);
         } else {
             notes.push(
@@ -224,6 +225,31 @@ fn proxy_listens(agent: &mut Proc, addr: SocketAddr) -> bool {
             procs::port_open(addr)
         })
         .is_ok()
+}
+
+/// Fails with the agent's own reason when `sluice check` refuses the path's configuration
+/// (e.g. `sluice-full`'s processors before the processor pipeline exists), instead of running
+/// a path that would not be what its name says.
+fn refused_config(sluice: &Path, policy: &Path) -> Result<()> {
+    let Some(out) = cmd::probe(
+        Command::new(sluice)
+            .arg("check")
+            .arg("--config")
+            .arg(policy),
+    ) else {
+        bail!("could not run `{} check`", sluice.display());
+    };
+    if out.status.success() {
+        return Ok(());
+    }
+    let text = String::from_utf8_lossy(&out.stderr);
+    let reason = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    bail!("the agent refuses this path's configuration: {reason}")
 }
 
 /// The standalone configuration for a proxy path: intercept the two backend ports, inspect

@@ -238,7 +238,8 @@ pub struct TrafficPolicyStatus {
 // === impl TrafficPolicySpec ===
 
 impl TrafficPolicySpec {
-    /// Semantic checks beyond the schema (the same the CRD's CEL rules make).
+    /// Semantic checks beyond the schema (the same the CRD's CEL rules make), and what this
+    /// agent cannot do yet (processors).
     pub fn validate(&self) -> Result<(), Invalid> {
         let mut v = Validator::default();
         let t = &self.targets;
@@ -297,6 +298,15 @@ impl TrafficPolicySpec {
                 v.error(format!("{path}.timeout"), format!("{t:?}: {e}"));
             }
         }
+        // The schema carries processors so that policies written for the pipeline stay valid
+        // documents, but this agent has no pipeline yet. Applying such a policy without its
+        // guardrails would pass what the user meant to stop; refusing it says so instead.
+        v.check(
+            self.processors.is_empty(),
+            "spec.processors",
+            "not supported by this agent yet (the processor pipeline is not built): a policy \
+             with processors is refused rather than applied without them",
+        );
         v.finish()
     }
 }
