@@ -114,12 +114,16 @@ struct Inner {
     removed: Mutex<Vec<QuotaKey>>,
 }
 
-/// The budgets in force. A budget's slot (its index) is its place in the lock order and part of
+/// The budgets in force. A budget's slot (a number) is its place in the lock order and part of
 /// its instances' keys: slots are never reused, so an instance admitted under one table and
-/// settled under the next still locks in the one global order.
+/// settled under the next still locks in the one global order. Only live budgets are held, so
+/// neither memory nor the per-request walk grows with the number of reloads.
 pub(crate) struct Table {
     tenant: TenantKey,
-    slots: Vec<Option<Budget>>,
+    /// Live budgets by slot, ascending.
+    slots: Vec<(u32, Budget)>,
+    /// The slot the next new budget gets.
+    next_slot: u32,
     /// Instances held at most under these budgets (see [`Builder::store_capacity`]).
     max_instances: usize,
 }
@@ -183,12 +187,9 @@ impl Builder {
             )?),
             None => None,
         };
-        let table = Table::new(
-            tenant,
-            budgets.into_iter().map(|b| Some(Budget::new(b))).collect(),
-            max_instances,
-            self.store_capacity,
-        );
+        let slots: Vec<_> = (0u32..).zip(budgets.into_iter().map(Budget::new)).collect();
+        let next_slot = u32::try_from(slots.len()).unwrap_or(u32::MAX);
+        let table = Table::new(tenant, slots, next_slot, max_instances, self.store_capacity);
         let adopted = self.adopted.into_iter().collect();
         Ok(Quota {
             inner: Arc::new(Inner {
@@ -273,11 +274,11 @@ impl Inner {
         now_ms: u64,
     ) -> Vec<Arc<Instance>> {
         let mut out = Vec::new();
-        for (index, budget) in table.slots.iter().enumerate() {
-            let Some(budget) = budget.as_ref().filter(|b| b.applies(&tenant.name, model)) else {
+        for (index, budget) in &table.slots {
+            let index = *index;
+            if !budget.applies(&tenant.name, model) {
                 continue;
-            };
-            let index = index as u32;
+            }
             let instance_model = budget.instance_model(model);
             let key: InstanceKey = (
                 index,
@@ -381,14 +382,16 @@ impl Inner {
 impl Table {
     fn new(
         tenant: TenantKey,
-        slots: Vec<Option<Budget>>,
+        slots: Vec<(u32, Budget)>,
+        next_slot: u32,
         max_instances: usize,
         store_capacity: Option<usize>,
     ) -> Self {
+        debug_assert!(slots.windows(2).all(|w| w[0].0 < w[1].0), "slots ascend");
+        debug_assert!(slots.last().is_none_or(|(s, _)| *s < next_slot));
         let counters = slots
             .iter()
-            .flatten()
-            .map(|b| {
+            .map(|(_, b)| {
                 b.config
                     .limits
                     .iter()
@@ -398,23 +401,25 @@ impl Table {
             .max()
             .unwrap_or(0);
         // Every budget may also hold one overflow instance.
-        let budgets = slots.iter().flatten().count();
+        let budgets = slots.len();
         let fits =
             store_capacity.map_or(usize::MAX, |c| (c / (counters + 1)).saturating_sub(budgets));
         Self {
             tenant,
             slots,
+            next_slot,
             max_instances: max_instances.min(fits).max(1),
         }
     }
 
     /// The budgets in force, in slot order.
     pub(crate) fn budgets(&self) -> impl Iterator<Item = &Budget> {
-        self.slots.iter().flatten()
+        self.slots.iter().map(|(_, b)| b)
     }
 
     pub(crate) fn slot(&self, index: u32) -> Option<&Budget> {
-        self.slots.get(index as usize).and_then(Option::as_ref)
+        let at = self.slots.binary_search_by_key(&index, |(s, _)| *s).ok()?;
+        Some(&self.slots[at].1)
     }
 }
 

@@ -37,8 +37,10 @@ pub(crate) struct Budget {
     /// born retired (see [`super::reload`]).
     pub closed: AtomicBool,
     /// State carried over from the instances of the budget this one replaced, per
-    /// `(tenant id, model id)`, taken by each instance as it is created.
-    pub carry: Mutex<HashMap<(u64, u64), Vec<Carried>>>,
+    /// `(tenant id, model id)`, taken by each instance as it is created. Shared with the
+    /// budget's successor when a reload keeps it unchanged, so what no instance took yet is
+    /// neither lost nor taken twice.
+    pub carry: Arc<Mutex<HashMap<(u64, u64), Vec<Carried>>>>,
 }
 
 /// One counter's state carried over a reload.
@@ -93,7 +95,18 @@ impl Budget {
             models: config.models.iter().cloned().collect(),
             config,
             closed: AtomicBool::new(false),
-            carry: Mutex::new(HashMap::new()),
+            carry: Arc::default(),
+        }
+    }
+
+    /// This budget in the next table, unchanged by a reload: same configuration, same carry.
+    pub fn kept(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            tenants: self.tenants.clone(),
+            models: self.models.clone(),
+            closed: AtomicBool::new(false),
+            carry: Arc::clone(&self.carry),
         }
     }
 

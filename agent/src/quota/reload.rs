@@ -70,10 +70,17 @@ impl Quota {
         let old = inner.table.load_full();
         let Plan {
             slots,
+            next_slot,
             replaced,
             mut stats,
         } = plan(&old, budgets);
-        let table = Table::new(tenant, slots, inner.max_instances, inner.store_capacity);
+        let table = Table::new(
+            tenant,
+            slots,
+            next_slot,
+            inner.max_instances,
+            inner.store_capacity,
+        );
         let now = inner.clock.now_ms();
         for &(slot, successor) in &replaced {
             let Some(budget) = old.slot(slot) else {
@@ -100,49 +107,50 @@ impl Quota {
 
 /// What a reload does to the table.
 struct Plan {
-    /// The new table's slots.
-    slots: Vec<Option<Budget>>,
+    /// The new table's slots, ascending.
+    slots: Vec<(u32, Budget)>,
+    next_slot: u32,
     /// The old slots it replaces, each with its successor's slot if the budget still exists.
     replaced: Vec<(u32, Option<u32>)>,
     stats: Reloaded,
 }
 
 fn plan(old: &Table, budgets: Vec<BudgetConfig>) -> Plan {
-    let by_name: HashMap<&str, u32> = old
+    let by_name: HashMap<&str, (u32, &Budget)> = old
         .slots
         .iter()
-        .enumerate()
-        .filter_map(|(i, b)| Some((b.as_ref()?.config.name.as_str(), i as u32)))
+        .map(|(i, b)| (b.config.name.as_str(), (*i, b)))
         .collect();
     let mut stats = Reloaded::default();
-    // Slots are never reused: a kept budget stays where it is, every other one is appended.
-    let mut slots: Vec<Option<Budget>> = old.slots.iter().map(|_| None).collect();
+    // Slots are never reused: a kept budget keeps its number, every other one takes a new one.
+    let mut next_slot = old.next_slot;
+    let mut slots = Vec::new();
     let mut replaced = Vec::new();
     let mut names = HashSet::new();
     for config in budgets {
         names.insert(config.name.clone());
         match by_name.get(config.name.as_str()) {
-            Some(&i) if old.slot(i).is_some_and(|b| b.config == config) => {
+            Some(&(i, b)) if b.config == config => {
                 stats.kept += 1;
-                slots[i as usize] = Some(Budget::new(config));
+                slots.push((i, b.kept()));
             }
             found => {
-                let new = slots.len() as u32;
+                let new = next_slot;
+                next_slot = next_slot.saturating_add(1);
                 match found {
-                    Some(&i) => {
+                    Some(&(i, b)) => {
                         stats.changed += 1;
-                        let same_keys = old
-                            .slot(i)
-                            .is_some_and(|b| b.config.per_model == config.per_model);
+                        let same_keys = b.config.per_model == config.per_model;
                         replaced.push((i, same_keys.then_some(new)));
                     }
                     None => stats.added += 1,
                 }
-                slots.push(Some(Budget::new(config)));
+                slots.push((new, Budget::new(config)));
             }
         }
     }
-    for (name, &i) in &by_name {
+    slots.sort_unstable_by_key(|(slot, _)| *slot);
+    for (name, &(i, _)) in &by_name {
         if !names.contains(*name) {
             stats.removed += 1;
             replaced.push((i, None));
@@ -150,6 +158,7 @@ fn plan(old: &Table, budgets: Vec<BudgetConfig>) -> Plan {
     }
     Plan {
         slots,
+        next_slot,
         replaced,
         stats,
     }

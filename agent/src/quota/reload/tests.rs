@@ -77,6 +77,64 @@ fn a_changed_budget_carries_its_usage_and_counts_reservations_in_flight_as_used(
 }
 
 #[test]
+fn carried_state_no_request_took_yet_survives_a_later_reload_that_keeps_the_budget() {
+    let (quota, _) = engine(vec![budget("b", 1000)]);
+    let who = pod("t");
+    admit(&quota, &who, &Prompt::tokens(400), Some(400))
+        .unwrap()
+        .finish(usage(400, 400));
+    quota
+        .reload(TenantKey::Namespace, vec![budget("b", 900)])
+        .unwrap();
+    // `b` is kept while another budget arrives; `t` has not asked since the first reload.
+    let stats = quota
+        .reload(
+            TenantKey::Namespace,
+            vec![budget("b", 900), budget("c", 5000)],
+        )
+        .unwrap();
+    assert_eq!((stats.kept, stats.added), (1, 1));
+    assert!(
+        admit(&quota, &who, &Prompt::tokens(50), Some(51)).is_err(),
+        "800 of 900 were used before the reloads"
+    );
+    let b = quota
+        .snapshot()
+        .into_iter()
+        .find(|(_, v)| sluice_common::quota::decode_name(&v.budget) == "b")
+        .unwrap()
+        .1;
+    assert_eq!((b.limit, b.used), (900, 800));
+}
+
+#[test]
+fn many_reloads_leave_the_table_as_small_as_its_budgets() {
+    let (quota, _) = engine(vec![budget("a", 1000), budget("b", 1000)]);
+    for n in 0..1000u64 {
+        quota
+            .reload(
+                TenantKey::Namespace,
+                vec![budget("a", 1000), budget("b", 2000 + n)],
+            )
+            .unwrap();
+    }
+    let table = quota.inner.table.load();
+    assert_eq!(table.budgets().count(), 2);
+    assert_eq!(
+        table.slots.len(),
+        2,
+        "retired budgets are not kept as holes"
+    );
+    assert!(table.slot(0).is_some(), "the kept budget keeps its slot");
+    assert!(
+        table.slot(1).is_none(),
+        "a changed budget's old slot is never reused"
+    );
+    assert!(table.slot(1001).is_some());
+    assert!(admit(&quota, &pod("t"), &Prompt::tokens(1), Some(1)).is_ok());
+}
+
+#[test]
 fn a_new_shape_keeps_matching_counters_and_starts_new_ones() {
     let (quota, _) = engine(vec![budget("b", 1000)]);
     let who = pod("t");
@@ -179,13 +237,16 @@ fn requests_racing_with_reloads_never_exceed_the_budget_or_go_unmetered() {
             })
         })
         .collect();
-    // Flip a setting that makes the budget "changed" on every reload, while the workers run.
+    // Flip a setting that makes the budget "changed" on every reload, while the workers run
+    // (bounded: on a loaded machine the workers may need longer than the reloads last).
     let mut reloads = 0u64;
-    while done.load(Ordering::Relaxed) < 4 {
+    while done.load(Ordering::Relaxed) < 4 && reloads < 20_000 {
         let mut b = budget("b", LIMIT);
         b.default_max_tokens = 1000 + reloads % 2;
         quota.reload(TenantKey::Namespace, vec![b]).unwrap();
         reloads += 1;
+        // Let workers that wait for this reload take the lock before the next one does.
+        thread::yield_now();
     }
     for w in workers {
         w.join().unwrap();
