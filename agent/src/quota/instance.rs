@@ -40,8 +40,11 @@ pub(crate) struct Budget {
     /// `(tenant id, model id)`, taken by each instance as it is created. Shared with the
     /// budget's successor when a reload keeps it unchanged, so what no instance took yet is
     /// neither lost nor taken twice.
-    pub carry: Arc<Mutex<HashMap<(u64, u64), Vec<Carried>>>>,
+    pub carry: Arc<Mutex<CarryTable>>,
 }
+
+/// Carried counters per `(tenant id, model id)`.
+pub(crate) type CarryTable = HashMap<(u64, u64), Vec<Carried>>;
 
 /// One counter's state carried over a reload.
 #[derive(Clone, Copy, Debug)]
