@@ -48,6 +48,8 @@ pub enum ResponseBody {
 /// An upstream response body on its way to the client.
 #[derive(Debug)]
 pub struct RelayBody {
+    /// Bytes read (and metered) before relaying began, sent first.
+    head: Option<Bytes>,
     inner: Incoming,
     idle: Duration,
     sleep: Pin<Box<Sleep>>,
@@ -139,7 +141,19 @@ impl ResponseBody {
         counter: IntCounter,
         account: Option<Box<Account>>,
     ) -> Self {
+        Self::relay_with_head(Bytes::new(), inner, idle, counter, account)
+    }
+
+    /// As [`Self::relay`], with `head` (already metered) going out first.
+    pub fn relay_with_head(
+        head: Bytes,
+        inner: Incoming,
+        idle: Duration,
+        counter: IntCounter,
+        account: Option<Box<Account>>,
+    ) -> Self {
         Self::Relay(Box::new(RelayBody {
+            head: (!head.is_empty()).then_some(head),
             inner,
             idle,
             sleep: Box::pin(tokio::time::sleep(idle)),
@@ -169,7 +183,9 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(full) => full.is_end_stream(),
-            ResponseBody::Relay(relay) => matches!(relay.state, State::Done),
+            ResponseBody::Relay(relay) => {
+                relay.head.is_none() && matches!(relay.state, State::Done)
+            }
         }
     }
 
@@ -180,7 +196,16 @@ impl Body for ResponseBody {
             ResponseBody::Relay(relay) if relay.account.as_ref().is_some_and(|a| a.may_drop()) => {
                 SizeHint::default()
             }
-            ResponseBody::Relay(relay) => relay.inner.size_hint(),
+            ResponseBody::Relay(relay) => {
+                let head = relay.head.as_ref().map_or(0, |h| h.len() as u64);
+                let inner = relay.inner.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(inner.lower() + head);
+                if let Some(upper) = inner.upper() {
+                    hint.set_upper(upper + head);
+                }
+                hint
+            }
         }
     }
 }
@@ -192,6 +217,10 @@ impl RelayBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        if let Some(head) = self.head.take() {
+            self.counter.inc_by(head.len() as u64);
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
         loop {
             match &mut self.state {
                 State::Done => return Poll::Ready(None),
@@ -232,6 +261,12 @@ impl RelayBody {
                 Some(account) => account.on_data(data),
                 None => data,
             };
+            if self.inner.is_end_stream() {
+                // hyper stops polling a body once its declared length is out, so the end
+                // must be handled with the last bytes, not on a poll that may never come.
+                let tail = self.account.as_mut().and_then(|a| a.finish());
+                self.state = State::Flush(tail);
+            }
             if out.is_empty() {
                 continue;
             }
@@ -270,6 +305,64 @@ impl RelayBody {
             _ => Poll::Ready(None),
         }
     }
+}
+
+/// What [`read_ahead`] got: the whole body, or its first bytes and the rest still to relay.
+#[derive(Debug)]
+pub enum ReadAhead {
+    Whole(Bytes),
+    Partial { head: Bytes, rest: Incoming },
+}
+
+/// Reads a response body whole while it stays within `cap` bytes, allowing `idle` between
+/// frames, so head and body can leave in one write. A larger body stops the read at the first
+/// frame past `cap`, and is relayed from there.
+pub async fn read_ahead(
+    mut body: Incoming,
+    cap: usize,
+    idle: Duration,
+) -> Result<ReadAhead, Failure> {
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<BytesMut> = None;
+    let mut total = 0usize;
+    let whole = loop {
+        if total > cap {
+            break false;
+        }
+        let frame = match tokio::time::timeout(idle, body.frame()).await {
+            Err(_) => return Err(Failure::IdleTimeout),
+            Ok(None) => break true,
+            Ok(Some(Err(_))) => return Err(Failure::UpstreamReset),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        // Trailers of a small JSON answer carry nothing a client of these APIs reads.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        total += data.len();
+        // The common case is one frame: keep it without copying.
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(data),
+            (Some(head), None) => {
+                let hint = body.size_hint().lower() as usize;
+                let mut buf = BytesMut::with_capacity((total + hint).min(cap + data.len()));
+                buf.extend_from_slice(head);
+                buf.extend_from_slice(&data);
+                rest = Some(buf);
+            }
+            (Some(_), Some(buf)) => buf.extend_from_slice(&data),
+        }
+    };
+    let head = match (first, rest) {
+        (_, Some(buf)) => buf.freeze(),
+        (Some(head), None) => head,
+        (None, None) => Bytes::new(),
+    };
+    Ok(if whole {
+        ReadAhead::Whole(head)
+    } else {
+        ReadAhead::Partial { head, rest: body }
+    })
 }
 
 /// Reads a request body whole, refusing past `limit` bytes or `timeout`.

@@ -15,12 +15,12 @@ use tracing::debug;
 use super::{
     Shared,
     account::{Account, ResponseKind},
-    body::{Counted, ResponseBody},
+    body::{self, Counted, Failure, ReadAhead, ResponseBody},
     oversize::{self, Read},
     policy::ConnPolicy,
     respond::{self, Error},
     route::RouteRequest,
-    upstream::UpstreamBody,
+    upstream::{Error as UpstreamError, UpstreamBody},
 };
 use crate::{
     admission::{AdmissionRequest, Api, RateLimitHeaders},
@@ -32,6 +32,12 @@ use crate::{
 /// Bodies larger than this are parsed on the blocking pool, so one large request cannot stall
 /// the other connections of its worker thread.
 const INLINE_PARSE_MAX: usize = 256 * 1024;
+
+/// Non-streaming JSON answers up to this size are read whole before the head goes out: the
+/// client gets head and body in one write (with hyper's client, a chunked answer otherwise
+/// costs two or three), and nothing is held long: the upstream has sent its head, and the
+/// per-chunk idle timeout still applies.
+const READ_AHEAD_MAX: u64 = 64 * 1024;
 
 /// What the proxy knows about a client connection.
 #[derive(Debug)]
@@ -233,9 +239,70 @@ async fn inference(
         sent_at,
         Arc::clone(&shared.metrics),
     );
-    let mut response = relay_response(shared, response, Some(Box::new(account)));
+    let account = Box::new(account);
+    let mut response = if reads_ahead(&response, &kind) {
+        match relay_whole(shared, response, account, dst).await {
+            Ok(response) => response,
+            Err(e) => return Err(Failed::with_headers(e, rate_headers)),
+        }
+    } else {
+        relay_response(shared, response, Some(account))
+    };
     respond::add_headers(response.headers_mut(), &rate_headers);
     Ok(response)
+}
+
+/// Whether to read a response ahead before answering: non-streaming JSON, whose length is
+/// unknown (chunked) or small.
+fn reads_ahead(response: &Response<Incoming>, kind: &ResponseKind) -> bool {
+    kind.json
+        && !kind.event_stream
+        && content_length(response.headers()).is_none_or(|len| len <= READ_AHEAD_MAX)
+}
+
+/// Reads a small JSON answer whole, meters it, and answers with head and body together (one
+/// write, a Content-Length). An upstream that fails before the end gets the client a clean
+/// 502/504 instead of a cut body. A body that turns out larger is relayed from where the read
+/// stopped.
+async fn relay_whole(
+    shared: &Shared,
+    response: Response<Incoming>,
+    mut account: Box<Account>,
+    dst: SocketAddr,
+) -> Result<Response<ResponseBody>, Error> {
+    let (mut parts, body) = response.into_parts();
+    let idle = shared.config.stream_idle_timeout;
+    let read = body::read_ahead(body, READ_AHEAD_MAX as usize, idle).await;
+    strip_hop_by_hop(&mut parts.headers);
+    let body = match read {
+        Ok(ReadAhead::Whole(bytes)) => {
+            let bytes = account.on_data(bytes);
+            let tail = account.finish();
+            debug_assert!(tail.is_none(), "a JSON account holds nothing back");
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+            shared.bytes_downstream.inc_by(bytes.len() as u64);
+            ResponseBody::full(bytes)
+        }
+        Ok(ReadAhead::Partial { head, rest }) => {
+            let head = account.on_data(head);
+            let counter = shared.bytes_downstream.clone();
+            ResponseBody::relay_with_head(head, rest, idle, counter, Some(account))
+        }
+        Err(failure) => {
+            account.fail(failure);
+            return Err(match failure {
+                Failure::UpstreamReset => UpstreamError::Body { addr: dst },
+                Failure::IdleTimeout => UpstreamError::BodyTimeout {
+                    addr: dst,
+                    timeout: idle,
+                },
+            }
+            .into());
+        }
+    };
+    Ok(Response::from_parts(parts, body))
 }
 
 // === impl Failed ===

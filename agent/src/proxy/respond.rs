@@ -58,7 +58,9 @@ impl Error {
             Error::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::LoopDetected { .. } => StatusCode::LOOP_DETECTED,
             Error::Upstream(
-                upstream::Error::ConnectTimeout { .. } | upstream::Error::ResponseTimeout { .. },
+                upstream::Error::ConnectTimeout { .. }
+                | upstream::Error::ResponseTimeout { .. }
+                | upstream::Error::BodyTimeout { .. },
             ) => StatusCode::GATEWAY_TIMEOUT,
             Error::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
@@ -88,6 +90,8 @@ impl Error {
             Error::Upstream(upstream::Error::ConnectTimeout { .. }) => "upstream_connect_timeout",
             Error::Upstream(upstream::Error::ResponseTimeout { .. }) => "upstream_timeout",
             Error::Upstream(upstream::Error::Mark { .. }) => "upstream_socket_error",
+            Error::Upstream(upstream::Error::Body { .. }) => "upstream_reset",
+            Error::Upstream(upstream::Error::BodyTimeout { .. }) => "upstream_idle_timeout",
             Error::Upstream(_) => "upstream_unreachable",
         }
     }

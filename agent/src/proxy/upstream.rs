@@ -45,6 +45,10 @@ pub enum Error {
     },
     #[error("no response headers from {addr} within {timeout:?}")]
     ResponseTimeout { addr: SocketAddr, timeout: Duration },
+    #[error("response body from {addr} ended before its declared length")]
+    Body { addr: SocketAddr },
+    #[error("response body from {addr} stalled for {timeout:?}")]
+    BodyTimeout { addr: SocketAddr, timeout: Duration },
     #[error("request to {addr} failed")]
     Request {
         addr: SocketAddr,

@@ -3,8 +3,9 @@
 //!
 //! | fault | effect |
 //! |---|---|
-//! | `reset_after_bytes=N` | cut the connection once the body passes N bytes |
-//! | `hang_after_headers` | send the response head, then nothing |
+//! | `reset_after_bytes=N` | cut the connection once the body passes N bytes (streams and JSON answers) |
+//! | `hang_after_headers` | send the response head, then nothing (streams and JSON answers) |
+//! | `chunked` | send a JSON answer chunked, in two pieces, instead of with a Content-Length |
 //! | `no_usage` | ignore `include_usage` (Chat/Completions) |
 //! | `bad_json_at=K` | event K (0-based, all events counted) is not JSON |
 //! | `error_event_at=K` | after K tokens, the API's error event ends the stream |
@@ -21,6 +22,7 @@ use http::HeaderMap;
 pub struct Faults {
     pub reset_after_bytes: Option<usize>,
     pub hang_after_headers: bool,
+    pub chunked: bool,
     pub no_usage: bool,
     pub bad_json_at: Option<u64>,
     pub error_event_at: Option<u64>,
@@ -47,6 +49,7 @@ impl Faults {
             match key {
                 "reset_after_bytes" => faults.reset_after_bytes = size,
                 "hang_after_headers" => faults.hang_after_headers = true,
+                "chunked" => faults.chunked = true,
                 "no_usage" => faults.no_usage = true,
                 "bad_json_at" => faults.bad_json_at = n,
                 "error_event_at" => faults.error_event_at = n,

@@ -10,7 +10,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode, header};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
@@ -111,10 +111,43 @@ pub(super) async fn generate(
     let text = text(job.max_tokens);
     state.generated.fetch_add(job.max_tokens, Ordering::SeqCst);
     finish(&state, job.index, job.max_tokens, true);
-    Ok(json_response(
-        StatusCode::OK,
-        job.shape.body(&job, &text, job.max_tokens),
-    ))
+    let body = job.shape.body(&job, &text, job.max_tokens);
+    let faults = &job.faults;
+    if faults.chunked || faults.hang_after_headers || faults.reset_after_bytes.is_some() {
+        return Ok(json_in_pieces(body, faults.clone()));
+    }
+    Ok(json_response(StatusCode::OK, body))
+}
+
+/// A JSON answer sent chunked, in two pieces, under the faults that apply to bodies.
+fn json_in_pieces(body: Value, faults: Faults) -> Response<SimBody> {
+    let (tx, rx) = mpsc::channel(2);
+    tokio::spawn(async move {
+        if faults.hang_after_headers {
+            tx.closed().await;
+            return;
+        }
+        let body = Bytes::from(body.to_string());
+        let half = body.len() / 2;
+        let mut sent = 0;
+        for piece in [body.slice(..half), body.slice(half..)] {
+            if let Some(n) = faults.reset_after_bytes.filter(|&n| sent + piece.len() > n) {
+                let _ = tx.send(Ok(piece.slice(..n - sent))).await;
+                let _ = tx.send(Err(io::Error::other("simulated reset"))).await;
+                return;
+            }
+            sent += piece.len();
+            if tx.send(Ok(piece)).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut response = event_stream(rx);
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// Reads the job out of the request and files its record.

@@ -178,6 +178,22 @@ impl Body for SimBody {
                 .map(|item| item.map(|r| r.map(Frame::data))),
         }
     }
+
+    // A whole body's length is known, so it goes out with a Content-Length, as vLLM's JSON
+    // answers do.
+    fn is_end_stream(&self) -> bool {
+        match self {
+            SimBody::Full(full) => full.is_end_stream(),
+            SimBody::Stream(_) => false,
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            SimBody::Full(full) => full.size_hint(),
+            SimBody::Stream(_) => http_body::SizeHint::default(),
+        }
+    }
 }
 
 // === impl Counting ===

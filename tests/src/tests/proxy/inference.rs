@@ -77,6 +77,123 @@ fn non_streaming_chat_is_forwarded_and_metered() {
 }
 
 #[test]
+fn a_json_answer_goes_out_whole_with_its_length_whether_it_came_chunked_or_not() {
+    let sim = ModelSim::start(SimConfig::default());
+    let (proxy, admission) = TestProxy::recording(test_config(), sim.addr());
+    for fault in ["none", "chunked"] {
+        let r = curl(
+            &[
+                "-H",
+                JSON,
+                "-H",
+                &format!("x-sim-fault: {fault}"),
+                "--data-binary",
+                CHAT,
+                &proxy.url("/v1/chat/completions"),
+            ],
+            None,
+        );
+        assert_eq!(r.status, 200, "{fault}: {r:?}");
+        let headers = r.headers.to_ascii_lowercase();
+        assert!(
+            headers.contains(&format!("content-length: {}\r\n", r.body.len())),
+            "{fault}: {headers}"
+        );
+        assert!(!headers.contains("transfer-encoding"), "{fault}: {headers}");
+        assert_eq!(json(&r.body)["usage"]["completion_tokens"], 5, "{fault}");
+    }
+    let settled = admission.wait_settled(2, std::time::Duration::from_secs(5));
+    assert_eq!(
+        settled.iter().map(|s| s.output_tokens).collect::<Vec<_>>(),
+        [5, 5]
+    );
+}
+
+#[test]
+fn a_json_answer_too_large_to_read_ahead_is_relayed_whole_and_metered() {
+    let sim = ModelSim::start(SimConfig::default());
+    let (proxy, admission) = TestProxy::recording(test_config(), sim.addr());
+    // 20 000 tokens of text: ~120 KB, past what is read ahead, sent with a Content-Length
+    // (relayed from the start) and chunked (relayed from where the read-ahead stopped).
+    let chat = r#"{"model":"llama-3-8b","max_tokens":20000,"messages":[{"role":"user","content":"talk"}]}"#;
+    for fault in ["none", "chunked"] {
+        let r = curl(
+            &[
+                "-H",
+                JSON,
+                "-H",
+                &format!("x-sim-fault: {fault}"),
+                "--data-binary",
+                chat,
+                &proxy.url("/v1/chat/completions"),
+            ],
+            None,
+        );
+        assert_eq!(r.status, 200, "{fault}: {}", r.headers);
+        assert!(r.body.len() > 100_000, "{fault}: {} bytes", r.body.len());
+        assert_eq!(
+            json(&r.body)["usage"]["completion_tokens"],
+            20000,
+            "{fault}"
+        );
+    }
+    let settled = admission.wait_settled(2, std::time::Duration::from_secs(5));
+    assert_eq!(
+        settled
+            .iter()
+            .map(|s| (s.output_tokens, s.estimated))
+            .collect::<Vec<_>>(),
+        [(20000, false), (20000, false)],
+        "settled with the server's usage, also when the declared length ends the body"
+    );
+}
+
+#[test]
+fn a_json_answer_the_upstream_cuts_or_stalls_is_a_502_or_504_not_a_cut_body() {
+    let sim = ModelSim::start(SimConfig::default());
+    let config = sluice::proxy::Config {
+        stream_idle_timeout: std::time::Duration::from_millis(300),
+        ..test_config()
+    };
+    let (proxy, admission) = TestProxy::recording(config, sim.addr());
+    for (fault, status, code) in [
+        ("reset_after_bytes=40", 502, "upstream_reset"),
+        ("hang_after_headers", 504, "upstream_idle_timeout"),
+    ] {
+        let r = curl(
+            &[
+                "-H",
+                JSON,
+                "-H",
+                &format!("x-sim-fault: {fault}"),
+                "--data-binary",
+                CHAT,
+                &proxy.url("/v1/chat/completions"),
+            ],
+            None,
+        );
+        assert_eq!(r.status, status, "{fault}: {r:?}");
+        assert_eq!(json(&r.body)["error"]["code"], code, "{fault}: {}", r.body);
+        assert!(
+            r.headers.contains("x-ratelimit-remaining-tokens"),
+            "an admitted request's error still carries its rate-limit headers: {}",
+            r.headers
+        );
+    }
+    assert_eq!(
+        admission
+            .wait_settled(2, std::time::Duration::from_secs(5))
+            .len(),
+        2,
+        "both requests settle"
+    );
+    assert_eq!(
+        proxy.metric(r#"sluice_requests_total{code="502",kind="inference"}"#),
+        1.0
+    );
+}
+
+#[test]
 fn streaming_without_usage_asks_for_it_and_hides_the_usage_chunk() {
     let sim = ModelSim::start(SimConfig::default());
     let (proxy, admission) = TestProxy::recording(test_config(), sim.addr());
