@@ -117,15 +117,19 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let head = self.head.as_ref().map_or(0, |h| h.len() as u64);
-        let inner = self.inner.size_hint();
-        let mut hint = SizeHint::new();
-        hint.set_lower(inner.lower() + head);
-        if let Some(upper) = inner.upper() {
-            hint.set_upper(upper + head);
-        }
-        hint
+        with_head(self.inner.size_hint(), self.head.as_ref())
     }
+}
+
+/// The size of `head` followed by a body of size `rest`.
+fn with_head(rest: SizeHint, head: Option<&Bytes>) -> SizeHint {
+    let head = head.map_or(0, |h| h.len() as u64);
+    let mut hint = SizeHint::new();
+    hint.set_lower(rest.lower() + head);
+    if let Some(upper) = rest.upper() {
+        hint.set_upper(upper + head);
+    }
+    hint
 }
 
 // === impl ResponseBody ===
@@ -196,16 +200,7 @@ impl Body for ResponseBody {
             ResponseBody::Relay(relay) if relay.account.as_ref().is_some_and(|a| a.may_drop()) => {
                 SizeHint::default()
             }
-            ResponseBody::Relay(relay) => {
-                let head = relay.head.as_ref().map_or(0, |h| h.len() as u64);
-                let inner = relay.inner.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(inner.lower() + head);
-                if let Some(upper) = inner.upper() {
-                    hint.set_upper(upper + head);
-                }
-                hint
-            }
+            ResponseBody::Relay(relay) => with_head(relay.inner.size_hint(), relay.head.as_ref()),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The model-server backend every path ends at. The bench knows it only as a command line
 //! that starts an OpenAI-compatible server on a given address with a given token pacing, so
-//! swapping the temporary stand-in for `modelsim` (issue 4) is a change of [`BACKEND`] alone.
+//! another backend is a change of [`BACKEND`] alone.
 
 use std::{net::SocketAddr, path::Path, process::Command, time::Duration};
 

@@ -25,7 +25,7 @@ pub fn meta(
         setup_s,
         measure_s,
         backend: format!(
-            "`{}` with the arguments `{}` (TEMPORARY stand-in until modelsim lands)",
+            "`{}` (the vLLM-compatible simulator, `tests/src/modelsim.rs`) with the arguments `{}`",
             BACKEND.binary,
             BACKEND.args.join(" ")
         ),

@@ -10,6 +10,22 @@ use crate::{
 
 const JSON: &str = "content-type: application/json";
 
+/// A chat completion whose answer the simulator delivers under `fault` (`x-sim-fault`).
+fn chat_with_fault(proxy: &TestProxy, body: &str, fault: &str) -> super::Curl {
+    curl(
+        &[
+            "-H",
+            JSON,
+            "-H",
+            &format!("x-sim-fault: {fault}"),
+            "--data-binary",
+            body,
+            &proxy.url("/v1/chat/completions"),
+        ],
+        None,
+    )
+}
+
 #[test]
 fn non_streaming_chat_is_forwarded_and_metered() {
     let sim = ModelSim::start(SimConfig::default());
@@ -81,18 +97,7 @@ fn a_json_answer_goes_out_whole_with_its_length_whether_it_came_chunked_or_not()
     let sim = ModelSim::start(SimConfig::default());
     let (proxy, admission) = TestProxy::recording(test_config(), sim.addr());
     for fault in ["none", "chunked"] {
-        let r = curl(
-            &[
-                "-H",
-                JSON,
-                "-H",
-                &format!("x-sim-fault: {fault}"),
-                "--data-binary",
-                CHAT,
-                &proxy.url("/v1/chat/completions"),
-            ],
-            None,
-        );
+        let r = chat_with_fault(&proxy, CHAT, fault);
         assert_eq!(r.status, 200, "{fault}: {r:?}");
         let headers = r.headers.to_ascii_lowercase();
         assert!(
@@ -117,18 +122,7 @@ fn a_json_answer_too_large_to_read_ahead_is_relayed_whole_and_metered() {
     // (relayed from the start) and chunked (relayed from where the read-ahead stopped).
     let chat = r#"{"model":"llama-3-8b","max_tokens":20000,"messages":[{"role":"user","content":"talk"}]}"#;
     for fault in ["none", "chunked"] {
-        let r = curl(
-            &[
-                "-H",
-                JSON,
-                "-H",
-                &format!("x-sim-fault: {fault}"),
-                "--data-binary",
-                chat,
-                &proxy.url("/v1/chat/completions"),
-            ],
-            None,
-        );
+        let r = chat_with_fault(&proxy, chat, fault);
         assert_eq!(r.status, 200, "{fault}: {}", r.headers);
         assert!(r.body.len() > 100_000, "{fault}: {} bytes", r.body.len());
         assert_eq!(
@@ -160,18 +154,7 @@ fn a_json_answer_the_upstream_cuts_or_stalls_is_a_502_or_504_not_a_cut_body() {
         ("reset_after_bytes=40", 502, "upstream_reset"),
         ("hang_after_headers", 504, "upstream_idle_timeout"),
     ] {
-        let r = curl(
-            &[
-                "-H",
-                JSON,
-                "-H",
-                &format!("x-sim-fault: {fault}"),
-                "--data-binary",
-                CHAT,
-                &proxy.url("/v1/chat/completions"),
-            ],
-            None,
-        );
+        let r = chat_with_fault(&proxy, CHAT, fault);
         assert_eq!(r.status, status, "{fault}: {r:?}");
         assert_eq!(json(&r.body)["error"]["code"], code, "{fault}: {}", r.body);
         assert!(
