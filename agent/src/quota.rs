@@ -377,6 +377,20 @@ impl Inner {
     }
 }
 
+#[cfg(test)]
+impl Quota {
+    /// Whether a lease request is on its way to the store or its reply not yet applied.
+    pub(crate) fn leases_in_flight(&self) -> bool {
+        self.inner.registry.all().iter().any(|instance| {
+            instance
+                .lock()
+                .counters
+                .iter()
+                .any(|c| c.lease.as_ref().is_some_and(|l| l.in_flight()))
+        })
+    }
+}
+
 // === impl Table ===
 
 impl Table {

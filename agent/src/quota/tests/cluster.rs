@@ -229,7 +229,10 @@ fn the_next_windows_lease_is_taken_before_it_starts() {
         assert!(spend(&quota));
     }
     let next = format!(":{}", hour / 3_600_000 + 1);
-    eventually("prefetched", || backend.total_matching(&next) > 0);
+    // The store records the claim before the node applies the reply: wait for both.
+    eventually("prefetched", || {
+        backend.total_matching(&next) > 0 && !quota.leases_in_flight()
+    });
     clock.advance_ms(500);
     let s = state(&quota, "t", Dimension::TotalTokens);
     assert!(
