@@ -32,11 +32,13 @@ use crate::{
 
 pub mod account;
 pub mod body;
+pub mod hop;
 pub mod http;
 pub mod idle;
 pub mod metrics;
 pub mod oversize;
 pub mod policy;
+pub mod relay;
 pub mod respond;
 pub mod route;
 pub mod upstream;

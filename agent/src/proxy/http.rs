@@ -4,23 +4,22 @@
 use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
-use http::{
-    HeaderMap, HeaderName, HeaderValue, Request, Response, Uri, Version, header,
-    uri::{Authority, PathAndQuery, Scheme},
-};
+use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tracing::debug;
 
 use super::{
     Shared,
-    account::{Account, ResponseKind},
-    body::{self, Counted, Failure, ReadAhead, ResponseBody},
+    account::Account,
+    body::{Counted, ResponseBody},
+    hop::prepare_upstream,
     oversize::{self, Read},
     policy::ConnPolicy,
+    relay,
     respond::{self, Error},
     route::RouteRequest,
-    upstream::{Error as UpstreamError, UpstreamBody},
+    upstream::UpstreamBody,
 };
 use crate::{
     admission::{AdmissionRequest, Api, RateLimitHeaders},
@@ -32,12 +31,6 @@ use crate::{
 /// Bodies larger than this are parsed on the blocking pool, so one large request cannot stall
 /// the other connections of its worker thread.
 const INLINE_PARSE_MAX: usize = 256 * 1024;
-
-/// Non-streaming JSON answers up to this size are read whole before the head goes out: the
-/// client gets head and body in one write (with hyper's client, a chunked answer otherwise
-/// costs two or three), and nothing is held long: the upstream has sent its head, and the
-/// per-chunk idle timeout still applies.
-const READ_AHEAD_MAX: u64 = 64 * 1024;
 
 /// What the proxy knows about a client connection.
 #[derive(Debug)]
@@ -58,24 +51,6 @@ pub struct Failed {
     pub error: Error,
     pub headers: RateLimitHeaders,
 }
-
-/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus the non-standard
-/// ones proxies also drop.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Prefix of sluice's own headers: a client must never be able to send them.
-const INTERNAL_PREFIX: &str = "x-sluice-";
-
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Serves one request; never fails (errors become responses).
 pub async fn serve(
@@ -135,7 +110,7 @@ async fn passthrough(
     let body = Counted::new(body, shared.bytes_upstream.clone());
     let request = Request::from_parts(parts, Either::Left(body));
     let response = shared.upstream.send(dst, request).await?;
-    Ok(relay_response(shared, response, None))
+    Ok(relay::relay(shared, response, None))
 }
 
 async fn inference(
@@ -225,7 +200,7 @@ async fn inference(
         Err(e) => return Err(Failed::with_headers(e.into(), rate_headers)),
     };
 
-    let kind = response_kind(&response, &parsed);
+    let kind = relay::response_kind(&response, parsed.usage_injected());
     let InferenceRequest { model, prompt, .. } = parsed;
     let encoding = prompt.encoding.unwrap_or(config.limits.fallback_encoding);
     let account = Account::new(
@@ -239,70 +214,12 @@ async fn inference(
         sent_at,
         Arc::clone(&shared.metrics),
     );
-    let account = Box::new(account);
-    let mut response = if reads_ahead(&response, &kind) {
-        match relay_whole(shared, response, account, dst).await {
-            Ok(response) => response,
-            Err(e) => return Err(Failed::with_headers(e, rate_headers)),
-        }
-    } else {
-        relay_response(shared, response, Some(account))
+    let mut response = match relay::metered(shared, response, &kind, Box::new(account), dst).await {
+        Ok(response) => response,
+        Err(e) => return Err(Failed::with_headers(e, rate_headers)),
     };
     respond::add_headers(response.headers_mut(), &rate_headers);
     Ok(response)
-}
-
-/// Whether to read a response ahead before answering: non-streaming JSON, whose length is
-/// unknown (chunked) or small.
-fn reads_ahead(response: &Response<Incoming>, kind: &ResponseKind) -> bool {
-    kind.json
-        && !kind.event_stream
-        && content_length(response.headers()).is_none_or(|len| len <= READ_AHEAD_MAX)
-}
-
-/// Reads a small JSON answer whole, meters it, and answers with head and body together (one
-/// write, a Content-Length). An upstream that fails before the end gets the client a clean
-/// 502/504 instead of a cut body. A body that turns out larger is relayed from where the read
-/// stopped.
-async fn relay_whole(
-    shared: &Shared,
-    response: Response<Incoming>,
-    mut account: Box<Account>,
-    dst: SocketAddr,
-) -> Result<Response<ResponseBody>, Error> {
-    let (mut parts, body) = response.into_parts();
-    let idle = shared.config.stream_idle_timeout;
-    let read = body::read_ahead(body, READ_AHEAD_MAX as usize, idle).await;
-    strip_hop_by_hop(&mut parts.headers);
-    let body = match read {
-        Ok(ReadAhead::Whole(bytes)) => {
-            let bytes = account.on_data(bytes);
-            let tail = account.finish();
-            debug_assert!(tail.is_none(), "a JSON account holds nothing back");
-            parts
-                .headers
-                .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-            shared.bytes_downstream.inc_by(bytes.len() as u64);
-            ResponseBody::full(bytes)
-        }
-        Ok(ReadAhead::Partial { head, rest }) => {
-            let head = account.on_data(head);
-            let counter = shared.bytes_downstream.clone();
-            ResponseBody::relay_with_head(head, rest, idle, counter, Some(account))
-        }
-        Err(failure) => {
-            account.fail(failure);
-            return Err(match failure {
-                Failure::UpstreamReset => UpstreamError::Body { addr: dst },
-                Failure::IdleTimeout => UpstreamError::BodyTimeout {
-                    addr: dst,
-                    timeout: idle,
-                },
-            }
-            .into());
-        }
-    };
-    Ok(Response::from_parts(parts, body))
 }
 
 // === impl Failed ===
@@ -376,7 +293,7 @@ fn check_content(headers: &HeaderMap) -> Result<(), Error> {
     Ok(())
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -390,114 +307,4 @@ pub(super) fn api_key(headers: &HeaderMap) -> Option<&str> {
     let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, key) = auth.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
-}
-
-/// Points a request at `dst` over HTTP/1.1, removes what must not cross the hop, and states
-/// who the client is.
-pub(super) fn prepare_upstream(
-    parts: &mut http::request::Parts,
-    dst: SocketAddr,
-    peer: SocketAddr,
-) {
-    // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstream needs it as `Host`.
-    if !parts.headers.contains_key(header::HOST) {
-        let host = parts.uri.authority().map_or_else(
-            || HeaderValue::from_str(&dst.to_string()),
-            |a| HeaderValue::from_str(a.as_str()),
-        );
-        if let Ok(host) = host {
-            parts.headers.insert(header::HOST, host);
-        }
-    }
-    let mut uri = http::uri::Parts::default();
-    uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Authority::try_from(dst.to_string()).ok();
-    uri.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
-    );
-    if let Ok(u) = Uri::from_parts(uri) {
-        parts.uri = u;
-    }
-    parts.version = Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers);
-    strip_internal(&mut parts.headers);
-    set_forwarded_for(&mut parts.headers, peer);
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-}
-
-fn strip_internal(headers: &mut HeaderMap) {
-    let internal: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with(INTERNAL_PREFIX))
-        .cloned()
-        .collect();
-    for name in internal {
-        headers.remove(name);
-    }
-}
-
-/// The upstream sees the proxy's address, so it learns the client's from `x-forwarded-for`,
-/// which sluice sets to the address it accepted the connection from. Whatever the pod claimed
-/// (`x-forwarded-for`, `forwarded`, `x-real-ip`) is dropped: the pod is the first hop sluice
-/// can vouch for, and identity never comes from headers a client writes.
-fn set_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
-    headers.remove(header::FORWARDED);
-    headers.remove(X_REAL_IP);
-    headers.remove(X_FORWARDED_FOR);
-    // An IP address always makes a valid header value.
-    if let Ok(value) = HeaderValue::from_str(&peer.ip().to_string()) {
-        headers.insert(X_FORWARDED_FOR, value);
-    }
-}
-
-fn response_kind(response: &Response<Incoming>, request: &InferenceRequest) -> ResponseKind {
-    let content_type = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    ResponseKind {
-        success: response.status().is_success(),
-        event_stream: content_type.starts_with("text/event-stream"),
-        json: content_type.starts_with("application/json"),
-        strip_usage: request.usage_injected(),
-    }
-}
-
-pub(super) fn relay_response(
-    shared: &Shared,
-    response: Response<Incoming>,
-    account: Option<Box<Account>>,
-) -> Response<ResponseBody> {
-    let (mut parts, body) = response.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    if account.as_ref().is_some_and(|a| a.may_drop()) {
-        // Metering drops the usage-only chunk, so the length changes: re-frame.
-        parts.headers.remove(header::CONTENT_LENGTH);
-    }
-    let body = ResponseBody::relay(
-        body,
-        shared.config.stream_idle_timeout,
-        shared.bytes_downstream.clone(),
-        account,
-    );
-    Response::from_parts(parts, body)
 }

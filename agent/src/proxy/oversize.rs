@@ -16,9 +16,11 @@ use hyper::body::Incoming;
 
 use super::{
     Shared,
-    account::{Account, ResponseKind},
+    account::Account,
     body::{self, Counted, ResponseBody},
-    http::{ConnInfo, Failed, api_key, prepare_upstream, relay_response},
+    hop::prepare_upstream,
+    http::{ConnInfo, Failed, api_key},
+    relay,
     respond::{self, Error},
     route::RouteRequest,
 };
@@ -146,18 +148,7 @@ pub async fn forward(
         Ok(r) => r,
         Err(e) => return Err(Failed::with_headers(e.into(), rate_headers)),
     };
-    let content_type = response
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    let kind = ResponseKind {
-        success: response.status().is_success(),
-        event_stream: content_type.starts_with("text/event-stream"),
-        json: content_type.starts_with("application/json"),
-        strip_usage: false,
-    };
+    let kind = relay::response_kind(&response, false);
     let config = &shared.config;
     let account = Account::new(
         api,
@@ -170,7 +161,10 @@ pub async fn forward(
         sent_at,
         Arc::clone(&shared.metrics),
     );
-    let mut response = relay_response(shared, response, Some(Box::new(account)));
+    let mut response = match relay::metered(shared, response, &kind, Box::new(account), dst).await {
+        Ok(response) => response,
+        Err(e) => return Err(Failed::with_headers(e, rate_headers)),
+    };
     let headers = response.headers_mut();
     headers.insert(INSPECTION_HEADER, HeaderValue::from_static("skipped"));
     respond::add_headers(headers, &rate_headers);
