@@ -302,6 +302,39 @@ impl RelayBody {
     }
 }
 
+/// A body's frames, gathered: the common case of one frame is kept without copying.
+#[derive(Default)]
+struct Gathered {
+    first: Option<Bytes>,
+    rest: Option<BytesMut>,
+    len: usize,
+}
+
+impl Gathered {
+    /// Adds a frame; `expected` sizes the buffer when a second frame makes one necessary.
+    fn push(&mut self, data: Bytes, expected: usize) {
+        self.len += data.len();
+        match (&mut self.first, &mut self.rest) {
+            (None, _) => self.first = Some(data),
+            (Some(head), None) => {
+                let mut buf = BytesMut::with_capacity(expected.max(self.len));
+                buf.extend_from_slice(head);
+                buf.extend_from_slice(&data);
+                self.rest = Some(buf);
+            }
+            (Some(_), Some(buf)) => buf.extend_from_slice(&data),
+        }
+    }
+
+    fn freeze(self) -> Bytes {
+        match (self.first, self.rest) {
+            (_, Some(buf)) => buf.freeze(),
+            (Some(head), None) => head,
+            (None, None) => Bytes::new(),
+        }
+    }
+}
+
 /// What [`read_ahead`] got: the whole body, or its first bytes and the rest still to relay.
 #[derive(Debug)]
 pub enum ReadAhead {
@@ -317,11 +350,9 @@ pub async fn read_ahead(
     cap: usize,
     idle: Duration,
 ) -> Result<ReadAhead, Failure> {
-    let mut first: Option<Bytes> = None;
-    let mut rest: Option<BytesMut> = None;
-    let mut total = 0usize;
+    let mut gathered = Gathered::default();
     let whole = loop {
-        if total > cap {
+        if gathered.len > cap {
             break false;
         }
         let frame = match tokio::time::timeout(idle, body.frame()).await {
@@ -334,25 +365,10 @@ pub async fn read_ahead(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        total += data.len();
-        // The common case is one frame: keep it without copying.
-        match (&mut first, &mut rest) {
-            (None, _) => first = Some(data),
-            (Some(head), None) => {
-                let hint = body.size_hint().lower() as usize;
-                let mut buf = BytesMut::with_capacity((total + hint).min(cap + data.len()));
-                buf.extend_from_slice(head);
-                buf.extend_from_slice(&data);
-                rest = Some(buf);
-            }
-            (Some(_), Some(buf)) => buf.extend_from_slice(&data),
-        }
+        let expected = gathered.len + data.len() + body.size_hint().lower() as usize;
+        gathered.push(data, expected.min(cap + 1));
     };
-    let head = match (first, rest) {
-        (_, Some(buf)) => buf.freeze(),
-        (Some(head), None) => head,
-        (None, None) => Bytes::new(),
-    };
+    let head = gathered.freeze();
     Ok(if whole {
         ReadAhead::Whole(head)
     } else {
@@ -371,36 +387,19 @@ pub async fn read_limited(
         return Err(Error::BodyTooLarge { limit });
     }
     let read = async {
-        let mut first: Option<Bytes> = None;
-        let mut rest: Option<BytesMut> = None;
-        let mut total = 0usize;
+        let mut gathered = Gathered::default();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|source| Error::BodyRead { source })?;
             let Ok(data) = frame.into_data() else {
                 continue;
             };
-            total += data.len();
-            if total > limit {
+            if gathered.len + data.len() > limit {
                 return Err(Error::BodyTooLarge { limit });
             }
-            // The common case is one frame: keep it without copying.
-            match (&mut first, &mut rest) {
-                (None, _) => first = Some(data),
-                (Some(head), None) => {
-                    let cap = declared.map_or(total, |d| d as usize).min(limit);
-                    let mut buf = BytesMut::with_capacity(cap.max(total));
-                    buf.extend_from_slice(head);
-                    buf.extend_from_slice(&data);
-                    rest = Some(buf);
-                }
-                (Some(_), Some(buf)) => buf.extend_from_slice(&data),
-            }
+            let expected = declared.map_or(0, |d| d as usize).min(limit);
+            gathered.push(data, expected);
         }
-        Ok(match (first, rest) {
-            (_, Some(buf)) => buf.freeze(),
-            (Some(head), None) => head,
-            (None, None) => Bytes::new(),
-        })
+        Ok(gathered.freeze())
     };
     tokio::time::timeout(timeout, read)
         .await

@@ -13,7 +13,7 @@ use tokio::{
     net::{TcpSocket, TcpStream},
 };
 
-use crate::loopback::CLIENT;
+use crate::loopback::{CLIENT, TestProxy};
 
 mod admin;
 mod backpressure;
@@ -38,6 +38,18 @@ pub struct Curl {
 }
 
 /// Runs curl from `CLIENT` with `args`, optionally feeding `stdin`.
+/// POSTs the JSON `body` to the test proxy's chat completions route, with extra `headers`
+/// (`"name: value"`).
+pub fn chat(proxy: &TestProxy, body: &str, headers: &[&str]) -> Curl {
+    let url = proxy.url("/v1/chat/completions");
+    let mut args = vec!["-H", "content-type: application/json"];
+    for header in headers {
+        args.extend(["-H", header]);
+    }
+    args.extend(["--data-binary", body, &url]);
+    curl(&args, None)
+}
+
 pub fn curl(args: &[&str], stdin: Option<&[u8]>) -> Curl {
     curl_from(CLIENT, args, stdin)
 }

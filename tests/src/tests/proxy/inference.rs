@@ -2,29 +2,13 @@
 
 use std::sync::Arc;
 
-use super::{CHAT, CHAT_STREAM, curl, json, sse_data};
+use super::{CHAT, CHAT_STREAM, chat, curl, json, sse_data};
 use crate::{
     loopback::{RecordingAdmission, TestProxy, test_config},
     modelsim::{ModelSim, SimConfig},
 };
 
 const JSON: &str = "content-type: application/json";
-
-/// A chat completion whose answer the simulator delivers under `fault` (`x-sim-fault`).
-fn chat_with_fault(proxy: &TestProxy, body: &str, fault: &str) -> super::Curl {
-    curl(
-        &[
-            "-H",
-            JSON,
-            "-H",
-            &format!("x-sim-fault: {fault}"),
-            "--data-binary",
-            body,
-            &proxy.url("/v1/chat/completions"),
-        ],
-        None,
-    )
-}
 
 #[test]
 fn non_streaming_chat_is_forwarded_and_metered() {
@@ -97,7 +81,7 @@ fn a_json_answer_goes_out_whole_with_its_length_whether_it_came_chunked_or_not()
     let sim = ModelSim::start(SimConfig::default());
     let (proxy, admission) = TestProxy::recording(test_config(), sim.addr());
     for fault in ["none", "chunked"] {
-        let r = chat_with_fault(&proxy, CHAT, fault);
+        let r = chat(&proxy, CHAT, &[&format!("x-sim-fault: {fault}")]);
         assert_eq!(r.status, 200, "{fault}: {r:?}");
         let headers = r.headers.to_ascii_lowercase();
         assert!(
@@ -122,7 +106,7 @@ fn a_json_answer_too_large_to_read_ahead_is_relayed_whole_and_metered() {
     // (relayed from the start) and chunked (relayed from where the read-ahead stopped).
     let chat = r#"{"model":"llama-3-8b","max_tokens":20000,"messages":[{"role":"user","content":"talk"}]}"#;
     for fault in ["none", "chunked"] {
-        let r = chat_with_fault(&proxy, chat, fault);
+        let r = super::chat(&proxy, chat, &[&format!("x-sim-fault: {fault}")]);
         assert_eq!(r.status, 200, "{fault}: {}", r.headers);
         assert!(r.body.len() > 100_000, "{fault}: {} bytes", r.body.len());
         assert_eq!(
@@ -154,7 +138,7 @@ fn a_json_answer_the_upstream_cuts_or_stalls_is_a_502_or_504_not_a_cut_body() {
         ("reset_after_bytes=40", 502, "upstream_reset"),
         ("hang_after_headers", 504, "upstream_idle_timeout"),
     ] {
-        let r = chat_with_fault(&proxy, CHAT, fault);
+        let r = chat(&proxy, CHAT, &[&format!("x-sim-fault: {fault}")]);
         assert_eq!(r.status, status, "{fault}: {r:?}");
         assert_eq!(json(&r.body)["error"]["code"], code, "{fault}: {}", r.body);
         assert!(

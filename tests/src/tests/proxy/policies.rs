@@ -16,13 +16,11 @@ use sluice::{
     quota::{BudgetConfig, LimitConfig, Quota, QuotaConfig, TenantKey},
 };
 
-use super::{CHAT, CHAT_STREAM, curl, json};
+use super::{CHAT, CHAT_STREAM, chat, json};
 use crate::{
     loopback::{RecordingAdmission, TestProxy, test_config},
     modelsim::{ModelSim, SimConfig},
 };
-
-const JSON: &str = "content-type: application/json";
 
 /// One decision for every request, switchable by the test.
 struct Fixed(Mutex<(u64, Decision)>);
@@ -76,19 +74,6 @@ fn policy(tenant: TenantKey, max_body_bytes: usize, oversize: Oversize) -> Decis
     }))
 }
 
-fn chat(proxy: &TestProxy, body: &str) -> super::Curl {
-    curl(
-        &[
-            "-H",
-            JSON,
-            "--data-binary",
-            body,
-            &proxy.url("/v1/chat/completions"),
-        ],
-        None,
-    )
-}
-
 #[test]
 fn a_caller_the_policy_does_not_cover_passes_unchanged_and_unmetered() {
     let sim = ModelSim::start(SimConfig::default());
@@ -99,7 +84,7 @@ fn a_caller_the_policy_does_not_cover_passes_unchanged_and_unmetered() {
         d.policy = decisions.clone();
         d
     });
-    let r = chat(&proxy, CHAT_STREAM);
+    let r = chat(&proxy, CHAT_STREAM, &[]);
     assert_eq!(r.status, 200, "{r:?}");
     assert!(!r.headers.contains("x-ratelimit"), "{}", r.headers);
     let records = sim.records();
@@ -122,7 +107,7 @@ fn a_caller_the_policy_does_not_cover_passes_unchanged_and_unmetered() {
 
     // The configuration changes: the same connection's next requests follow it.
     decisions.set(Decision::Defaults);
-    let r = chat(&proxy, CHAT);
+    let r = chat(&proxy, CHAT, &[]);
     assert_eq!(r.status, 200);
     assert_eq!(
         admission
@@ -154,7 +139,7 @@ fn the_policys_tenant_key_names_the_budget_and_429s_come_from_the_quota_engine()
         d.policy = decisions.clone();
         d
     });
-    let ok = chat(&proxy, CHAT);
+    let ok = chat(&proxy, CHAT, &[]);
     assert_eq!(ok.status, 200, "{ok:?}");
     assert!(
         ok.headers.contains("x-ratelimit-limit-requests: 1"),
@@ -167,7 +152,7 @@ fn the_policys_tenant_key_names_the_budget_and_429s_come_from_the_quota_engine()
         ok.headers
     );
 
-    let refused = chat(&proxy, CHAT);
+    let refused = chat(&proxy, CHAT, &[]);
     assert_eq!(refused.status, 429, "{refused:?}");
     let body = json(&refused.body);
     assert_eq!(body["error"]["type"], "requests");
@@ -191,7 +176,7 @@ fn the_policys_tenant_key_names_the_budget_and_429s_come_from_the_quota_engine()
 
     // Under the namespace key the same caller is another tenant, with its own budget.
     decisions.set(policy(TenantKey::Namespace, 1 << 20, Oversize::Reject));
-    assert_eq!(chat(&proxy, CHAT).status, 200);
+    assert_eq!(chat(&proxy, CHAT, &[]).status, 200);
 }
 
 #[test]
@@ -199,7 +184,7 @@ fn an_upstream_failure_after_admission_still_carries_the_rate_limit_headers() {
     // Nothing listens here: connecting fails after admission.
     let dead: SocketAddr = "127.0.0.1:9".parse().unwrap_or_else(|e| panic!("{e}"));
     let (proxy, admission) = TestProxy::recording(test_config(), dead);
-    let r = chat(&proxy, CHAT);
+    let r = chat(&proxy, CHAT, &[]);
     assert_eq!(r.status, 502, "{r:?}");
     assert!(
         r.headers.contains("x-ratelimit-remaining-tokens: 1000"),
@@ -234,12 +219,12 @@ fn oversize_bodies_are_refused_or_passed_uninspected_and_still_metered() {
         d
     });
     let body = big_chat(true, 1000);
-    let r = chat(&proxy, &body);
+    let r = chat(&proxy, &body, &[]);
     assert_eq!(r.status, 413, "{r:?}");
     assert!(sim.records().is_empty());
 
     decisions.set(policy(TenantKey::Namespace, 1024, Oversize::Passthrough));
-    let r = chat(&proxy, &body);
+    let r = chat(&proxy, &body, &[]);
     assert_eq!(r.status, 200, "{r:?}");
     assert!(
         r.headers.contains("x-sluice-inspection: skipped"),
@@ -285,7 +270,7 @@ fn oversize_bodies_are_refused_or_passed_uninspected_and_still_metered() {
 
     // The model after a prompt larger than the limit is not known: metered as `_unknown`.
     let late = big_chat(false, 1000);
-    assert_eq!(chat(&proxy, &late).status, 200);
+    assert_eq!(chat(&proxy, &late, &[]).status, 200);
     let admitted = admission
         .admitted
         .lock()
@@ -296,7 +281,7 @@ fn oversize_bodies_are_refused_or_passed_uninspected_and_still_metered() {
 
     // Within the limit, a Passthrough policy inspects as usual.
     let small = big_chat(false, 10);
-    let r = chat(&proxy, &small);
+    let r = chat(&proxy, &small, &[]);
     assert_eq!(r.status, 200);
     assert!(!r.headers.contains("x-sluice-inspection"), "{}", r.headers);
     let admitted = admission
