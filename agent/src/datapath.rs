@@ -239,12 +239,17 @@ impl Datapath {
     pub fn apply(&mut self, rules: &[Rule]) -> Result<Applied, Error> {
         validate(&self.settings, rules)?;
         let result = self.intercept.apply(rules);
-        if let Err(apply::Error::MapFull { .. }) = &result
+        self.count_rejected(&result);
+        Ok(result?)
+    }
+
+    /// Counts a configuration a map could not hold (`config_rejected`).
+    fn count_rejected<T>(&self, result: &Result<T, apply::Error>) {
+        if let Err(apply::Error::MapFull { .. }) = result
             && let Err(e) = self.counters.bump(Counter::ConfigRejected)
         {
             warn!(error = %e, "counting a rejected configuration failed");
         }
-        Ok(result?)
     }
 
     /// The rules in force.
@@ -263,11 +268,7 @@ impl Datapath {
         // The settings' entries win (the agent's own cgroup stays "always").
         all.extend(self.static_exclusions.iter().map(|(&k, &v)| (k, v)));
         let result = self.exclude.apply(&all);
-        if let Err(apply::Error::MapFull { .. }) = &result
-            && let Err(e) = self.counters.bump(Counter::ConfigRejected)
-        {
-            warn!(error = %e, "counting a rejected configuration failed");
-        }
+        self.count_rejected(&result);
         let applied = result?;
         self.dynamic_exclusions = wanted;
         Ok(applied)
@@ -279,11 +280,7 @@ impl Datapath {
         entries: &BTreeMap<IpAddr, LocalityValue>,
     ) -> Result<Applied, Error> {
         let result = self.locality.apply(entries);
-        if let Err(apply::Error::MapFull { .. }) = &result
-            && let Err(e) = self.counters.bump(Counter::ConfigRejected)
-        {
-            warn!(error = %e, "counting a rejected configuration failed");
-        }
+        self.count_rejected(&result);
         Ok(result?)
     }
 
@@ -304,11 +301,7 @@ impl Datapath {
         entries: &BTreeMap<CallerKey, u64>,
     ) -> Result<Applied, Error> {
         let result = self.callers.apply(entries);
-        if let Err(apply::Error::MapFull { .. }) = &result
-            && let Err(e) = self.counters.bump(Counter::ConfigRejected)
-        {
-            warn!(error = %e, "counting a rejected configuration failed");
-        }
+        self.count_rejected(&result);
         Ok(result?)
     }
 
