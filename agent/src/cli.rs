@@ -8,7 +8,7 @@ use aya::maps::{Array, LpmTrie, MapData, MapInfo};
 use serde::Serialize;
 use sluice_common::{
     agent::AgentState,
-    config::{CFG_PROXY4, CFG_PROXY6, DatapathConfig},
+    config::{CFG_ACCEL, CFG_PROXY4, CFG_PROXY6, DatapathConfig},
     locality::{LOCALITY_POOL_MEMBER, LOCALITY_READY},
     map_names,
 };
@@ -122,6 +122,8 @@ struct AgentView {
     /// The proxy addresses in `CONFIG`.
     proxy: Vec<String>,
     agent_mark: u32,
+    /// Local-socket acceleration (`--accelerate-local`) files new connections.
+    accelerate_local: bool,
 }
 
 /// Runs `sluice inspect`, returning what to print.
@@ -393,17 +395,25 @@ fn agent(state: &AgentState, cfg: &DatapathConfig, json: bool) -> Result<String,
         pid: state.pid,
         proxy: proxies(cfg),
         agent_mark: cfg.agent_mark,
+        accelerate_local: cfg.flags & CFG_ACCEL != 0,
     };
     if json {
         return Ok(serde_json::to_string_pretty(&view)?);
     }
-    let mut t = Table::new(["STATE", "HEARTBEAT AGE", "STALE AFTER", "PID"]);
+    let mut t = Table::new([
+        "STATE",
+        "HEARTBEAT AGE",
+        "STALE AFTER",
+        "PID",
+        "ACCELERATION",
+    ]);
     t.row([
         view.state.to_owned(),
         view.heartbeat_age_secs
             .map_or("-".to_owned(), |a| format!("{a:.1}s")),
         format!("{:.1}s", view.stale_after_secs),
         view.pid.to_string(),
+        if view.accelerate_local { "on" } else { "off" }.to_owned(),
     ]);
     Ok(t.render())
 }

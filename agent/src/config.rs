@@ -32,6 +32,7 @@ pub const ENV_INCLUDE_SYSTEM: &str = "SLUICE_INCLUDE_SYSTEM";
 pub const ENV_INCLUDE_HOST_NETWORK: &str = "SLUICE_INCLUDE_HOST_NETWORK";
 pub const ENV_ADMIN_ADDR: &str = "SLUICE_ADMIN_ADDR";
 pub const ENV_EXTERNAL_PROXY: &str = "SLUICE_EXTERNAL_PROXY";
+pub const ENV_ACCELERATE_LOCAL: &str = "SLUICE_ACCELERATE_LOCAL";
 pub const ENV_MAX_BODY_BYTES: &str = "SLUICE_MAX_BODY_BYTES";
 pub const ENV_HEADER_READ_TIMEOUT: &str = "SLUICE_HEADER_READ_TIMEOUT";
 pub const ENV_CONNECT_TIMEOUT: &str = "SLUICE_CONNECT_TIMEOUT";
@@ -80,6 +81,9 @@ pub struct Config {
     /// Run the datapath only: a third-party transparent proxy listens on the proxy addresses
     /// and recovers destinations with `SO_ORIGINAL_DST`.
     pub external_proxy: bool,
+    /// Local-socket acceleration (sk_msg): both legs through the proxy skip the TCP/IP stack
+    /// when their two ends are on this node.
+    pub accelerate_local: bool,
     /// The proxy's settings (its `listen` is `proxy_addr`, its mark `agent_mark`).
     pub proxy: proxy::Config,
     /// Where the full configuration comes from (files or the Kubernetes API), if anywhere.
@@ -138,6 +142,10 @@ pub struct RunArgs {
     /// addresses instead of sluice's own.
     #[arg(long = "external-proxy", env = ENV_EXTERNAL_PROXY)]
     pub external_proxy: bool,
+    /// Move messages between local sockets of both proxy legs with sk_msg instead of through
+    /// the TCP/IP stack (experimental, off by default).
+    #[arg(long = "accelerate-local", env = ENV_ACCELERATE_LOCAL)]
+    pub accelerate_local: bool,
     /// Largest inference request body inspected; larger ones get 413.
     #[arg(long = "max-body-bytes", env = ENV_MAX_BODY_BYTES, default_value_t = 4 << 20)]
     pub max_body_bytes: usize,
@@ -203,6 +211,7 @@ impl RunArgs {
             include_host_network: self.include_host_network,
             admin_addr: self.admin_addr,
             external_proxy: self.external_proxy,
+            accelerate_local: self.accelerate_local,
             proxy,
             source: self.source,
             quota: self.quota,
@@ -222,6 +231,7 @@ impl Config {
             pin_dir: self.pin_dir.clone(),
             stale_after: self.stale_after,
             exclude_cgroups: self.exclude_cgroups.clone(),
+            accelerate: self.accelerate_local,
         }
     }
 

@@ -122,6 +122,9 @@ pub struct Settings {
     pub stale_after: Duration,
     /// cgroup subtrees that are system scope (never intercepted unless a rule opts in).
     pub exclude_cgroups: Vec<PathBuf>,
+    /// Local-socket acceleration: sock_ops files both legs' sockets in `PEERS` and sk_msg
+    /// moves their messages socket to socket.
+    pub accelerate: bool,
 }
 
 /// The running datapath. Dropping it keeps everything pinned (as a crash would): call
@@ -204,7 +207,10 @@ impl Datapath {
             clients: load::open_cgroup(&resolved.clients)?,
             proxy: load::open_cgroup(&resolved.proxy_cgroup)?,
         };
-        let attached = links::attach_all(&ebpf, pins, &targets, &map_ids)?;
+        let attached = links::attach_all(&ebpf, pins, &targets, &map_ids, settings.accelerate)?;
+        if settings.accelerate {
+            load::attach_accel(&mut ebpf)?;
+        }
         load::swap_pins(pins, &mismatched)?;
         info!(
             pin_dir = %pins.path().display(),

@@ -193,7 +193,7 @@ pub fn python_output(script: &str, args: &[&str], out: Output) -> Vec<Value> {
         .collect()
 }
 
-fn repo() -> PathBuf {
+pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 

@@ -10,6 +10,7 @@ pub(crate) mod proxy;
 mod quota_cluster;
 
 mod privileged {
+    mod accel;
     mod apply;
     mod config_source;
     mod e2e;

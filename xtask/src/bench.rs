@@ -47,7 +47,8 @@ pub struct Options {
     #[arg(long)]
     quick: bool,
     /// Only these paths (comma-separated): direct, sluice-redirect, sluice-transparent,
-    /// sluice-full, nginx, haproxy, litellm. `direct` always runs: it is the reference.
+    /// sluice-accelerated, sluice-full, nginx, haproxy, litellm. `direct` always runs: it is
+    /// the reference.
     #[arg(long, value_delimiter = ',')]
     paths: Vec<String>,
     /// Do not install missing peers; skip them instead.

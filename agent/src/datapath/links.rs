@@ -49,32 +49,48 @@ pub struct Spec {
     pub program: &'static str,
     pub attach_type: bpf_attach_type,
     pub target: Target,
+    /// Attached only with local-socket acceleration on.
+    pub accel_only: bool,
 }
 
-pub const SPECS: [Spec; 4] = [
+pub const SPECS: [Spec; 5] = [
     Spec {
         pin: "link_connect4",
         program: program_names::CONNECT4,
         attach_type: bpf_attach_type::BPF_CGROUP_INET4_CONNECT,
         target: Target::Clients,
+        accel_only: false,
     },
     Spec {
         pin: "link_connect6",
         program: program_names::CONNECT6,
         attach_type: bpf_attach_type::BPF_CGROUP_INET6_CONNECT,
         target: Target::Clients,
+        accel_only: false,
     },
     Spec {
         pin: "link_sockops",
         program: program_names::SOCKOPS,
         attach_type: bpf_attach_type::BPF_CGROUP_SOCK_OPS,
         target: Target::Clients,
+        accel_only: false,
+    },
+    // The proxy's own sockets: its accepted ends and its upstream connections are filed for
+    // local-socket acceleration. Where the two cgroups overlap, both attachments run for a
+    // socket; the program tells the second run from a first (see sockops.rs).
+    Spec {
+        pin: "link_sockops_proxy",
+        program: program_names::SOCKOPS,
+        attach_type: bpf_attach_type::BPF_CGROUP_SOCK_OPS,
+        target: Target::Proxy,
+        accel_only: true,
     },
     Spec {
         pin: "link_getsockopt",
         program: program_names::GETSOCKOPT,
         attach_type: bpf_attach_type::BPF_CGROUP_GETSOCKOPT,
         target: Target::Proxy,
+        accel_only: false,
     },
 ];
 
@@ -137,21 +153,27 @@ impl Targets {
     }
 }
 
-/// Adopts or attaches every link in [`SPECS`]. The programs must be loaded; `map_ids` are
-/// the ids of the maps they use (a pinned link whose program uses other maps is replaced).
+/// Adopts or attaches every link in [`SPECS`] (those for acceleration only when `accelerate`).
+/// The programs must be loaded; `map_ids` are the ids of the maps they use (a pinned link whose
+/// program uses other maps is replaced).
 pub fn attach_all(
     ebpf: &Ebpf,
     pins: &PinDir,
     targets: &Targets,
     map_ids: &BTreeSet<u32>,
+    accelerate: bool,
 ) -> Result<Vec<Attached>, Error> {
+    let specs: Vec<Spec> = SPECS
+        .into_iter()
+        .filter(|s| accelerate || !s.accel_only)
+        .collect();
     // A start that died between attaching and renaming left staged links running: remove them.
     for path in pinned(pins.path(), |n| n.ends_with(STAGED))? {
         detach_pin(&path)?;
     }
-    let mut attached = Vec::with_capacity(SPECS.len());
+    let mut attached = Vec::with_capacity(specs.len());
     let mut superseded = Vec::new();
-    for spec in SPECS {
+    for &spec in &specs {
         let program = program(ebpf, spec.program)?;
         let target = targets.get(spec.target);
         let path = pins.map(spec.pin);
@@ -184,8 +206,9 @@ pub fn attach_all(
             source,
         })?;
     }
-    // Links an older version pinned under names this one does not use.
-    let known: BTreeSet<&str> = SPECS.iter().map(|s| s.pin).collect();
+    // Links an older version (or this one with other settings) pinned under names this one
+    // does not use.
+    let known: BTreeSet<&str> = specs.iter().map(|s| s.pin).collect();
     for path in pinned(pins.path(), |n| !known.contains(n))? {
         detach_pin(&path)?;
     }

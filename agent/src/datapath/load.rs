@@ -5,12 +5,13 @@ use std::{collections::BTreeSet, fs, fs::File};
 
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, Map, MapData, MapError},
-    programs::Program,
+    maps::{Array, Map, MapData, MapError, SockHash},
+    programs::{Program, SkMsg},
 };
 use sluice_common::{
-    config::{CFG_ENABLED, CFG_PROXY4, CFG_PROXY6, DatapathConfig},
-    map_names,
+    accel::SockKey,
+    config::{CFG_ACCEL, CFG_ENABLED, CFG_PROXY4, CFG_PROXY6, DatapathConfig},
+    map_names, program_names,
 };
 use tracing::info;
 
@@ -42,6 +43,7 @@ pub fn programs(ebpf: &mut Ebpf) -> Result<(), Error> {
             Program::CgroupSockAddr(p) => p.load(),
             Program::SockOps(p) => p.load(),
             Program::CgroupSockopt(p) => p.load(),
+            Program::SkMsg(p) => p.load(),
             other => {
                 return Err(Error::Invalid(format!(
                     "unexpected program `{name}` of type {:?} in the object",
@@ -77,7 +79,8 @@ fn map_data(map: &Map) -> Option<&MapData> {
         | Map::LruHashMap(d)
         | Map::LpmTrie(d)
         | Map::PerCpuArray(d)
-        | Map::RingBuf(d) => Some(d),
+        | Map::RingBuf(d)
+        | Map::SockHash(d) => Some(d),
         _ => None,
     }
 }
@@ -114,6 +117,9 @@ pub fn write_config(
         value.proxy_ip4 = p.ip().octets();
         value.proxy_port4 = p.port().to_be_bytes();
         value.flags |= CFG_PROXY4;
+    }
+    if settings.accelerate {
+        value.flags |= CFG_ACCEL;
     }
     if let Some(p) = settings.proxy6 {
         value.proxy_ip6 = p.ip().octets();
@@ -178,5 +184,32 @@ pub fn swap_pins(pins: &PinDir, mismatched: &[maps::Mismatch]) -> Result<(), Err
         })?;
         info!(map = m.name, "replaced pinned map");
     }
+    Ok(())
+}
+
+/// Attaches sk_msg to `PEERS`. The attachment lives as long as the map, pinned, so it needs no
+/// link of its own; attaching again replaces the program an earlier agent attached.
+pub fn attach_accel(ebpf: &mut Ebpf) -> Result<(), Error> {
+    let name = map_names::PEERS;
+    let map = ebpf.map(name).ok_or(maps::Error::Missing { name })?;
+    let peers: SockHash<&MapData, SockKey> =
+        SockHash::try_from(map).map_err(|source| Error::Map { name, source })?;
+    let fd = peers
+        .fd()
+        .try_clone()
+        .map_err(|source| Error::Invalid(format!("duplicating the {name} descriptor: {source}")))?;
+    let program = program_names::SKMSG;
+    let prog: &mut SkMsg = ebpf
+        .program_mut(program)
+        .ok_or_else(|| Error::Invalid(format!("the eBPF object has no program `{program}`")))?
+        .try_into()
+        .map_err(|source| Error::Program {
+            name: program.to_owned(),
+            source,
+        })?;
+    prog.attach(&fd).map_err(|source| Error::Program {
+        name: program.to_owned(),
+        source,
+    })?;
     Ok(())
 }

@@ -15,7 +15,7 @@ use aya::maps::{Map, MapData, MapError, MapInfo};
 use sluice_common::map_names;
 
 /// The maps the agent pins (every map of the object except aya's internal data sections).
-pub const PINNED: [&str; 11] = [
+pub const PINNED: [&str; 13] = [
     map_names::INTERCEPT,
     map_names::CONFIG,
     map_names::AGENT,
@@ -25,6 +25,8 @@ pub const PINNED: [&str; 11] = [
     map_names::LOCALITY,
     map_names::QUOTA,
     map_names::QUOTA_TENANTS,
+    map_names::PEERS,
+    map_names::TCP_PATH,
     map_names::COUNTERS,
     map_names::AYA_LOGS,
 ];

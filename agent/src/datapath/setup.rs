@@ -186,6 +186,7 @@ mod tests {
             pin_dir: PathBuf::from("/sys/fs/bpf/x"),
             stale_after: Duration::from_secs(2),
             exclude_cgroups: Vec::new(),
+            accelerate: false,
         }
     }
 

@@ -35,6 +35,8 @@ pub const CFG_ENABLED: u32 = 1 << 0;
 pub const CFG_PROXY4: u32 = 1 << 1;
 /// `proxy_ip6`/`proxy_port6` are valid.
 pub const CFG_PROXY6: u32 = 1 << 2;
+/// Local-socket acceleration is on: sock_ops files the sockets of both legs in `PEERS`.
+pub const CFG_ACCEL: u32 = 1 << 3;
 
 /// How many cgroup levels below the attach cgroup the exclusion walk inspects. Kubernetes puts
 /// containers three levels below `kubepods` (QoS class, pod, container); eight leaves room for

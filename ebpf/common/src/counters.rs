@@ -54,10 +54,18 @@ pub enum Counter {
     /// Matched, but the caller's tenant has exhausted a budget enforced at connect
     /// (`enforceAt: Connect`): refused with EPERM.
     RefusedQuota = 20,
+    /// Local-socket acceleration: a socket was filed in `PEERS`.
+    AccelFiled = 21,
+    /// Local-socket acceleration: `PEERS` could not take a socket (full); its connection goes
+    /// through TCP.
+    AccelFileFailed = 22,
+    /// Local-socket acceleration: a socket sent before its peer was filed, so its bytes keep
+    /// to TCP for the rest of the connection (mixing paths would reorder them).
+    AccelTcpPath = 23,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 21] = [
+    pub const ALL: [Counter; 24] = [
         Counter::Seen,
         Counter::Redirected,
         Counter::BypassedMark,
@@ -79,6 +87,9 @@ impl Counter {
         Counter::ProxyNoEntry,
         Counter::ProxyLoop,
         Counter::RefusedQuota,
+        Counter::AccelFiled,
+        Counter::AccelFileFailed,
+        Counter::AccelTcpPath,
     ];
     /// Size of the `COUNTERS` array; room to add reasons without resizing a pinned map.
     pub const CAPACITY: u32 = 64;
@@ -107,6 +118,9 @@ impl Counter {
             Counter::ProxyNoEntry => "proxy_no_entry",
             Counter::ProxyLoop => "proxy_loop",
             Counter::RefusedQuota => "refused_quota",
+            Counter::AccelFiled => "accel_filed",
+            Counter::AccelFileFailed => "accel_file_failed",
+            Counter::AccelTcpPath => "accel_tcp_path",
         }
     }
 }

@@ -5,6 +5,7 @@
 //! is `no_std` only on the BPF target, so its logic is unit-tested on the host.
 #![cfg_attr(target_arch = "bpf", no_std)]
 
+pub mod accel;
 pub mod agent;
 pub mod config;
 pub mod counters;
@@ -29,6 +30,8 @@ pub mod map_names {
     pub const AYA_LOGS: &str = "AYA_LOGS";
     pub const QUOTA: &str = "QUOTA";
     pub const QUOTA_TENANTS: &str = "QUOTA_TENANTS";
+    pub const PEERS: &str = "PEERS";
+    pub const TCP_PATH: &str = "TCP_PATH";
 }
 
 /// Names of the programs in the object (at most 15 characters, `BPF_OBJ_NAME_LEN`).
@@ -37,4 +40,5 @@ pub mod program_names {
     pub const CONNECT6: &str = "sluice_connect6";
     pub const SOCKOPS: &str = "sluice_sockops";
     pub const GETSOCKOPT: &str = "sluice_sockopt";
+    pub const SKMSG: &str = "sluice_skmsg";
 }

@@ -5,6 +5,8 @@
 //! ([`ConnKey`], `ORIG_DST`), which the proxy can rebuild from an accepted socket's peer and
 //! local addresses even though the client lives in another network namespace.
 
+use crate::accel::SockKey;
+
 /// The client side of a redirected connection, as both ends see it. Addresses are IPv6 or
 /// IPv4-mapped IPv6, network order; ports network order.
 #[repr(C)]
@@ -19,6 +21,19 @@ pub struct ConnKey {
 }
 
 const _: () = assert!(size_of::<ConnKey>() == 36);
+
+impl From<SockKey> for ConnKey {
+    /// The key of a client socket's connection, from that socket's own addresses.
+    #[inline(always)]
+    fn from(own: SockKey) -> Self {
+        Self {
+            client_addr: own.local_addr,
+            proxy_addr: own.remote_addr,
+            client_port: own.local_port,
+            proxy_port: own.remote_port,
+        }
+    }
+}
 
 /// Where a redirected connection was going and who made it.
 #[repr(C)]

@@ -7,6 +7,7 @@ mod connect;
 mod getsockopt;
 mod maps;
 mod quota;
+mod skmsg;
 mod sockops;
 
 #[cfg(not(test))]

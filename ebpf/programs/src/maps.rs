@@ -4,10 +4,11 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash},
     macros::btf_map,
 };
 use sluice_common::{
+    accel::SockKey,
     agent::AgentState,
     config::{DatapathConfig, Exclusion},
     counters::Counter,
@@ -75,6 +76,21 @@ pub static QUOTA: HashMap<QuotaKey, QuotaValue, 65536, { BPF_F_NO_PREALLOC as us
 /// policies; a fuller configuration is rejected by the agent and the proxy still enforces.
 #[btf_map]
 pub static QUOTA_TENANTS: HashMap<CallerKey, u64, 16384> = HashMap::new();
+
+/// Sockets of both legs through the proxy, filed under their own addresses, when local-socket
+/// acceleration is on (sk_msg redirects a message to the socket under the reverse key). The
+/// kernel removes a socket when it closes, so the map holds live connections: two entries per
+/// client connection and two per upstream one. 65536 matches `ORIG_DST`; a full map only
+/// means a connection goes through TCP as it would without acceleration.
+#[btf_map]
+pub static PEERS: SockHash<SockKey, 65536> = SockHash::new();
+
+/// Filed sockets that sent a message before their peer was filed: those bytes went through
+/// TCP, and the receiver reads redirected messages before its TCP queue, so every later byte
+/// of the connection must take TCP too. Removed when the socket closes; at most one entry per
+/// `PEERS` socket, so an LRU of the same size never evicts a live one.
+#[btf_map]
+pub static TCP_PATH: LruHashMap<SockKey, u8, 65536> = LruHashMap::new();
 
 /// Per-CPU counters indexed by `Counter`.
 #[btf_map]

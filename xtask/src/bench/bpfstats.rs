@@ -117,8 +117,12 @@ pub fn programs(source: &StatsSource) -> Result<Vec<(String, ProgCounters)>> {
 fn parse_agent(json: &str) -> Result<Vec<(String, ProgCounters)>> {
     let rows: Vec<AgentProgram> = serde_json::from_str(json)
         .with_context(|| format!("parsing `sluice inspect programs --json`: {json}"))?;
+    // Counters belong to a program, not a link: one program on two links (sock_ops with
+    // acceleration on) is listed once.
+    let mut seen = std::collections::BTreeSet::new();
     Ok(rows
         .into_iter()
+        .filter(|r| seen.insert(r.prog_id))
         .map(|r| {
             (
                 r.link,
@@ -226,7 +230,9 @@ mod tests {
           {"link": "link_connect4", "program": "sluice_connect4", "prog_id": 42, "cgroup_id": 7,
            "run_count": 100, "run_time_ns": 12000},
           {"link": "link_sockops", "program": "sluice_sockops", "prog_id": 43, "cgroup_id": 7,
-           "run_count": 0, "run_time_ns": 0}
+           "run_count": 0, "run_time_ns": 0},
+          {"link": "link_sockops_proxy", "program": "sluice_sockops", "prog_id": 43,
+           "cgroup_id": 8, "run_count": 0, "run_time_ns": 0}
         ]"#;
         let progs = parse_agent(json).unwrap();
         assert_eq!(progs.len(), 2);

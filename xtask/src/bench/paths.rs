@@ -29,6 +29,7 @@ pub enum PathId {
     Direct,
     SluiceRedirect,
     SluiceTransparent,
+    SluiceAccelerated,
     SluiceFull,
     Nginx,
     Haproxy,
@@ -74,10 +75,11 @@ const PACED_MODEL: &str = "bench-paced";
 // === impl PathId ===
 
 impl PathId {
-    pub const ALL: [PathId; 7] = [
+    pub const ALL: [PathId; 8] = [
         Self::Direct,
         Self::SluiceRedirect,
         Self::SluiceTransparent,
+        Self::SluiceAccelerated,
         Self::SluiceFull,
         Self::Nginx,
         Self::Haproxy,
@@ -89,6 +91,7 @@ impl PathId {
             Self::Direct => super::report::DIRECT,
             Self::SluiceRedirect => Variant::Redirect.id(),
             Self::SluiceTransparent => Variant::Transparent.id(),
+            Self::SluiceAccelerated => Variant::Accelerated.id(),
             Self::SluiceFull => Variant::Full.id(),
             Self::Nginx => "nginx",
             Self::Haproxy => "haproxy",
@@ -105,6 +108,9 @@ impl PathId {
             Self::SluiceTransparent => {
                 "connect4 redirect to the sluice proxy: full body inspection and a token budget that never rejects"
             }
+            Self::SluiceAccelerated => {
+                "as sluice-transparent, with --accelerate-local (opt-in): sk_msg moves both legs' messages socket to socket"
+            }
             Self::SluiceFull => {
                 "as sluice-transparent, plus every built-in processor (access control, guardrails)"
             }
@@ -120,7 +126,9 @@ impl PathId {
         match self {
             Self::Direct => "",
             Self::SluiceRedirect => "sluice agent (no proxy on this path)",
-            Self::SluiceTransparent | Self::SluiceFull => "sluice agent (proxy + datapath)",
+            Self::SluiceTransparent | Self::SluiceAccelerated | Self::SluiceFull => {
+                "sluice agent (proxy + datapath)"
+            }
             Self::Nginx => "nginx master + workers",
             Self::Haproxy => "haproxy",
             Self::Litellm => "litellm (python)",

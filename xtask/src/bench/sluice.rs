@@ -9,6 +9,9 @@
 //!   (`127.0.0.2:<port>`), connect4 sends it to the proxy on `127.0.0.1:<proxy port>`, and
 //!   the proxy (full inspection, a budget that never rejects; plus every built-in processor
 //!   in `-full`) forwards it to the original destination with its own SO_MARK.
+//! - `sluice-accelerated`: as `sluice-transparent` with `--accelerate-local`. The backends
+//!   run in the agent's cgroup, so sock_ops files their ends too and both legs are moved
+//!   socket to socket.
 //!
 //! Whether the proxy exists is detected, not assumed: once the agent reports its datapath
 //! attached, something must accept connections on the proxy address, or the path is skipped
@@ -38,6 +41,7 @@ const READY_LINE: &str = "datapath attached";
 pub enum Variant {
     Redirect,
     Transparent,
+    Accelerated,
     Full,
 }
 
@@ -73,6 +77,8 @@ pub struct Cli {
     pub external_proxy: bool,
     /// `sluice inspect programs --json`: the agent's own bpf_stats reader.
     pub inspect_programs: bool,
+    /// `--accelerate-local`: local-socket acceleration with sk_msg.
+    pub accelerate_local: bool,
 }
 
 // === impl Variant ===
@@ -82,6 +88,7 @@ impl Variant {
         match self {
             Self::Redirect => "sluice-redirect",
             Self::Transparent => "sluice-transparent",
+            Self::Accelerated => "sluice-accelerated",
             Self::Full => "sluice-full",
         }
     }
@@ -105,6 +112,7 @@ pub fn cli(sluice: &Path) -> Result<Cli> {
         admin_addr: help.contains("--admin-addr"),
         external_proxy: help.contains("--external-proxy"),
         inspect_programs: inspect,
+        accelerate_local: help.contains("--accelerate-local"),
     })
 }
 
@@ -125,6 +133,9 @@ pub fn start(
             "`sluice run` has no --config flag in this build, so its built-in processors cannot \
              be enabled (this path would repeat sluice-transparent)"
         );
+    }
+    if variant == Variant::Accelerated && !flags.accelerate_local {
+        bail!("`sluice run` has no --accelerate-local flag in this build");
     }
     let cgroup = BenchCgroup::new(variant.id())?;
     let dir = bench_dir.join(variant.id());
@@ -167,6 +178,9 @@ pub fn start(
     }
     if flags.admin_addr {
         c.args(["--admin-addr", &procs::free_port("127.0.0.1")?.to_string()]);
+    }
+    if variant == Variant::Accelerated {
+        c.arg("--accelerate-local");
     }
     if variant == Variant::Redirect && flags.external_proxy {
         // The "proxy" address is the backend itself: the agent must not bind it.

@@ -55,6 +55,7 @@ fn settings(node: &Node) -> Settings {
         // One beat keeps the datapath live for the whole test.
         stale_after: Duration::from_secs(120),
         exclude_cgroups: Vec::new(),
+        accelerate: false,
     }
 }
 

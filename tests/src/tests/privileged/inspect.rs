@@ -149,6 +149,7 @@ fn inspect_shows_rules_counters_and_live_connections() {
 
     let agent = inspect_json(&node, "agent", &[]);
     assert_eq!(agent["state"].as_str(), Some("alive"), "{agent}");
+    assert_eq!(agent["accelerate_local"], false, "off by default: {agent}");
     assert_eq!(
         agent["proxy"],
         serde_json::json!([crate::node::PROXY4, crate::node::PROXY6]),

@@ -73,7 +73,10 @@ pub(super) fn start(id: PathId, ctx: &Ctx<'_>) -> Result<Live> {
             let pgid = proc.pgid();
             (vec![proc], Some(pgid), endpoints(listen, listen))
         }
-        PathId::SluiceRedirect | PathId::SluiceTransparent | PathId::SluiceFull => {
+        PathId::SluiceRedirect
+        | PathId::SluiceTransparent
+        | PathId::SluiceAccelerated
+        | PathId::SluiceFull => {
             return start_sluice(id, ctx, &dir);
         }
     };
@@ -93,6 +96,7 @@ fn start_sluice(id: PathId, ctx: &Ctx<'_>, dir: &Path) -> Result<Live> {
     let variant = match id {
         PathId::SluiceRedirect => Variant::Redirect,
         PathId::SluiceFull => Variant::Full,
+        PathId::SluiceAccelerated => Variant::Accelerated,
         _ => Variant::Transparent,
     };
     let bin = ctx.sluice.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -12,7 +12,12 @@ pub const SUBJECT: &str = "sluice-transparent";
 const HAPROXY: &str = "haproxy";
 const LITELLM: &str = "litellm";
 /// Paths whose connect4 cost counts, in order of preference.
-const BPF_PATHS: &[&str] = &["sluice-transparent", "sluice-full", "sluice-redirect"];
+const BPF_PATHS: &[&str] = &[
+    "sluice-transparent",
+    "sluice-accelerated",
+    "sluice-full",
+    "sluice-redirect",
+];
 const CONNECT4: &str = "sluice_connect4";
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
