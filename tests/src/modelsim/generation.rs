@@ -6,7 +6,7 @@ use std::{
     io,
     net::SocketAddr,
     sync::{Arc, atomic::Ordering},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -228,8 +228,9 @@ async fn produce(
         tx.closed().await;
         return (0, false);
     }
+    let started = Instant::now();
     if !job.ttft.is_zero() {
-        tokio::time::sleep(job.ttft).await;
+        until_precisely(started + job.ttft).await;
     }
     let mut out = Emitter {
         tx,
@@ -261,8 +262,11 @@ async fn produce(
             }
             return (generated, true);
         }
-        if let Some(pace) = pace {
-            tokio::time::sleep(pace).await;
+        match pace {
+            // The first token's time is what the bench's time-to-first-token compares.
+            Some(pace) if k == 0 => until_precisely(started + job.ttft + pace).await,
+            Some(pace) => tokio::time::sleep(pace).await,
+            None => {}
         }
         if out.send(job.shape.delta(job, word(k))).await.is_err() {
             return (generated, false);
@@ -276,6 +280,21 @@ async fn produce(
         }
     }
     (generated, true)
+}
+
+/// Waits until `deadline` to within microseconds. tokio's timer fires on millisecond ticks,
+/// which would add up to a millisecond of jitter to the first token: more than the proxy's
+/// whole share of the time to first token the bench measures. The last millisecond is spent
+/// yielding (at most one per stream, so a paced backend stays cheap).
+async fn until_precisely(deadline: Instant) {
+    if let Some(coarse) = deadline.checked_sub(Duration::from_millis(1))
+        && coarse > Instant::now()
+    {
+        tokio::time::sleep_until(coarse.into()).await;
+    }
+    while Instant::now() < deadline {
+        tokio::task::yield_now().await;
+    }
 }
 
 // === impl Emitter ===
