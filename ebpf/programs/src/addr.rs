@@ -4,7 +4,7 @@
 //! order; the maps store the bytes. Converting through `to_ne_bytes` keeps the bytes as they
 //! are on the wire, whatever the host's endianness.
 
-use sluice_common::intercept::v4_mapped;
+use sluice_common::{accel::SockKey, intercept::v4_mapped};
 
 #[inline(always)]
 pub fn words_to_bytes(w: [u32; 4]) -> [u8; 16] {
@@ -34,4 +34,66 @@ pub fn bytes_to_words(b: [u8; 16]) -> [u32; 4] {
 #[inline(always)]
 pub fn mapped_word(ip4: u32) -> [u8; 16] {
     v4_mapped(ip4.to_ne_bytes())
+}
+
+const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
+
+/// A socket's own addresses from a context whose fields are named as in `bpf_sock_ops` and
+/// `sk_msg_md` (`family`, `local_ip4`, `remote_ip6`, `local_port`, ...): `own_key!(ctx.ops)`.
+///
+/// A macro because the two contexts are distinct types. Every field is loaded once, up front,
+/// in one block: loads under the family branch let LLVM hoist a field's address out of them,
+/// which the verifier refuses ("dereference of modified ctx ptr R0 off=24 disallowed").
+macro_rules! own_key {
+    ($ctx:expr) => {{
+        use core::ptr::read_volatile;
+        let c = $ctx;
+        // SAFETY: `c` is the program's context pointer and every field read is readable there.
+        let fields = unsafe {
+            (
+                read_volatile(&raw const (*c).family),
+                read_volatile(&raw const (*c).local_ip4),
+                read_volatile(&raw const (*c).remote_ip4),
+                [
+                    read_volatile(&raw const (*c).local_ip6[0]),
+                    read_volatile(&raw const (*c).local_ip6[1]),
+                    read_volatile(&raw const (*c).local_ip6[2]),
+                    read_volatile(&raw const (*c).local_ip6[3]),
+                ],
+                [
+                    read_volatile(&raw const (*c).remote_ip6[0]),
+                    read_volatile(&raw const (*c).remote_ip6[1]),
+                    read_volatile(&raw const (*c).remote_ip6[2]),
+                    read_volatile(&raw const (*c).remote_ip6[3]),
+                ],
+                read_volatile(&raw const (*c).local_port),
+                read_volatile(&raw const (*c).remote_port),
+            )
+        };
+        $crate::addr::sock_key(fields)
+    }};
+}
+pub(crate) use own_key;
+
+/// The context fields `own_key!` loads, in its order.
+pub type SockFields = (u32, u32, u32, [u32; 4], [u32; 4], u32, u32);
+
+#[inline(always)]
+pub fn sock_key(
+    (family, local4, remote4, local6, remote6, local_port, remote_port): SockFields,
+) -> Option<SockKey> {
+    let (local_addr, remote_addr) = match family {
+        AF_INET => (mapped_word(local4), mapped_word(remote4)),
+        AF_INET6 => (words_to_bytes(local6), words_to_bytes(remote6)),
+        _ => return None,
+    };
+    Some(SockKey {
+        local_addr,
+        remote_addr,
+        // `local_port` is in host order; `remote_port` holds the network-order port in its
+        // upper half on little-endian hosts, which `from_be` turns into host order.
+        local_port: (local_port as u16).to_be_bytes(),
+        remote_port: (u32::from_be(remote_port) as u16).to_be_bytes(),
+    })
 }

@@ -9,8 +9,6 @@
 //! without a receive-buffer limit, so a receiver that stops reading does not slow the sender.
 //! That is why acceleration is opt-in (see the README).
 
-use core::ptr::read_volatile;
-
 use aya_ebpf::{
     bindings::{BPF_F_INGRESS, BPF_NOEXIST},
     macros::sk_msg,
@@ -19,13 +17,11 @@ use aya_ebpf::{
 use sluice_common::{accel::SockKey, counters::Counter};
 
 use crate::{
-    addr::{mapped_word, words_to_bytes},
+    addr::own_key,
     maps::{PEERS, TCP_PATH, count},
 };
 
 const SK_PASS: u32 = 1;
-const AF_INET: u32 = 2;
-const AF_INET6: u32 = 10;
 
 #[sk_msg]
 pub fn sluice_skmsg(ctx: SkMsgContext) -> u32 {
@@ -50,40 +46,5 @@ pub fn sluice_skmsg(ctx: SkMsgContext) -> u32 {
 
 #[inline(always)]
 fn own_key(ctx: &SkMsgContext) -> Option<SockKey> {
-    let md = ctx.msg;
-    // SAFETY: every field read here is a readable `sk_msg_md` field; all are loaded up front
-    // for the same reason as in sock_ops (the verifier refuses hoisted ctx offsets).
-    let (family, local4, remote4, local6, remote6, local_port, remote_port) = unsafe {
-        (
-            read_volatile(&raw const (*md).family),
-            read_volatile(&raw const (*md).local_ip4),
-            read_volatile(&raw const (*md).remote_ip4),
-            [
-                read_volatile(&raw const (*md).local_ip6[0]),
-                read_volatile(&raw const (*md).local_ip6[1]),
-                read_volatile(&raw const (*md).local_ip6[2]),
-                read_volatile(&raw const (*md).local_ip6[3]),
-            ],
-            [
-                read_volatile(&raw const (*md).remote_ip6[0]),
-                read_volatile(&raw const (*md).remote_ip6[1]),
-                read_volatile(&raw const (*md).remote_ip6[2]),
-                read_volatile(&raw const (*md).remote_ip6[3]),
-            ],
-            read_volatile(&raw const (*md).local_port),
-            read_volatile(&raw const (*md).remote_port),
-        )
-    };
-    let (local_addr, remote_addr) = match family {
-        AF_INET => (mapped_word(local4), mapped_word(remote4)),
-        AF_INET6 => (words_to_bytes(local6), words_to_bytes(remote6)),
-        _ => return None,
-    };
-    Some(SockKey {
-        local_addr,
-        remote_addr,
-        // As in sock_ops: `local_port` is host order, `remote_port` network order.
-        local_port: (local_port as u16).to_be_bytes(),
-        remote_port: (u32::from_be(remote_port) as u16).to_be_bytes(),
-    })
+    own_key!(ctx.msg)
 }

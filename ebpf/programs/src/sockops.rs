@@ -28,13 +28,11 @@ use sluice_common::{
 };
 
 use crate::{
-    addr::{mapped_word, words_to_bytes},
+    addr::own_key,
     maps::{CONFIG, INTERCEPT, ORIG_DST, PEERS, SOCKETS, TCP_PATH, count},
 };
 
-const AF_INET: u32 = 2;
 const EBUSY: i32 = -16;
-const AF_INET6: u32 = 10;
 
 #[sock_ops]
 pub fn sluice_sockops(ctx: SockOpsContext) -> u32 {
@@ -168,45 +166,7 @@ fn try_closed(ctx: &SockOpsContext) {
 /// The connection's addresses as this socket sees them.
 #[inline(always)]
 fn own_key(ctx: &SockOpsContext) -> Option<SockKey> {
-    let ops = ctx.ops;
-    // Every field is loaded once, up front, in one block: loads under the family branch let
-    // LLVM hoist a field's address out of them, which the verifier refuses ("dereference of
-    // modified ctx ptr R0 off=24 disallowed").
-    // SAFETY: every field read here is a readable `bpf_sock_ops` field.
-    let (family, local4, remote4, local6, remote6, local_port, remote_port) = unsafe {
-        (
-            read_volatile(&raw const (*ops).family),
-            read_volatile(&raw const (*ops).local_ip4),
-            read_volatile(&raw const (*ops).remote_ip4),
-            [
-                read_volatile(&raw const (*ops).local_ip6[0]),
-                read_volatile(&raw const (*ops).local_ip6[1]),
-                read_volatile(&raw const (*ops).local_ip6[2]),
-                read_volatile(&raw const (*ops).local_ip6[3]),
-            ],
-            [
-                read_volatile(&raw const (*ops).remote_ip6[0]),
-                read_volatile(&raw const (*ops).remote_ip6[1]),
-                read_volatile(&raw const (*ops).remote_ip6[2]),
-                read_volatile(&raw const (*ops).remote_ip6[3]),
-            ],
-            read_volatile(&raw const (*ops).local_port),
-            read_volatile(&raw const (*ops).remote_port),
-        )
-    };
-    let (local_addr, remote_addr) = match family {
-        AF_INET => (mapped_word(local4), mapped_word(remote4)),
-        AF_INET6 => (words_to_bytes(local6), words_to_bytes(remote6)),
-        _ => return None,
-    };
-    Some(SockKey {
-        local_addr,
-        remote_addr,
-        // `local_port` is in host order; `remote_port` holds the network-order port in its
-        // upper half on little-endian hosts, which `from_be` turns into host order.
-        local_port: (local_port as u16).to_be_bytes(),
-        remote_port: (u32::from_be(remote_port) as u16).to_be_bytes(),
-    })
+    own_key!(ctx.ops)
 }
 
 /// Whether `addr:port` is one of the proxy's listeners.
