@@ -199,7 +199,19 @@ impl Inner {
             .unwrap_or_default();
         // Instances born retired (a request raced with this reload) are removed too; only live
         // ones have state to hand over.
-        // What an earlier reload carried into this budget and no instance took yet moves on.
+        let retired = self.registry.retire(|instance, state| {
+            if instance.key.0 != slot {
+                return false;
+            }
+            if !state.retired {
+                export(instance, state, now, &shapes, &mut carry, &mut removed);
+            }
+            true
+        });
+        // What an earlier reload carried into this budget and no instance took moves on. Only
+        // after the pass: an instance created while the budget was closing may still have
+        // taken its share (the pass then exported it with the instance); taking the table
+        // before the pass left such an instance to start from zero and admit past the limit.
         let untaken =
             std::mem::take(&mut *budget.carry.lock().unwrap_or_else(PoisonError::into_inner));
         for (key, counters) in untaken {
@@ -211,15 +223,6 @@ impl Inner {
                 }
             }
         }
-        let retired = self.registry.retire(|instance, state| {
-            if instance.key.0 != slot {
-                return false;
-            }
-            if !state.retired {
-                export(instance, state, now, &shapes, &mut carry, &mut removed);
-            }
-            true
-        });
         if let Some(successor) = successor {
             successor
                 .carry
