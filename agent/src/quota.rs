@@ -345,6 +345,8 @@ impl Inner {
             if budget.is_closed() {
                 instance.lock().retired = true;
             } else {
+                #[cfg(test)]
+                before_adopt::run(budget);
                 self.adopt_into(&instance, budget, now_ms);
             }
             instance
@@ -373,6 +375,33 @@ impl Inner {
                 (None, Some(value)) => counter.adopt(&state::counter_state(&value), now_ms),
                 (None, None) => {}
             }
+        }
+    }
+}
+
+/// A test's hook between a new instance's closed check and its adoption of the carried state:
+/// the window a concurrent reload must not take that state in.
+#[cfg(test)]
+pub(crate) mod before_adopt {
+    use std::sync::{Mutex, PoisonError};
+
+    use super::instance::Budget;
+
+    type Hook = Box<dyn Fn(&Budget) + Send>;
+
+    /// Runs for instances of budgets with this name only (tests run in parallel).
+    pub const BUDGET: &str = "hooked";
+    static HOOK: Mutex<Option<Hook>> = Mutex::new(None);
+
+    pub fn set(hook: Option<Hook>) {
+        *HOOK.lock().unwrap_or_else(PoisonError::into_inner) = hook;
+    }
+
+    pub(super) fn run(budget: &Budget) {
+        if budget.config.name == BUDGET
+            && let Some(hook) = HOOK.lock().unwrap_or_else(PoisonError::into_inner).take()
+        {
+            hook(budget);
         }
     }
 }

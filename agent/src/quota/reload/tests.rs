@@ -266,3 +266,53 @@ fn requests_racing_with_reloads_never_exceed_the_budget_or_go_unmetered() {
     let s = state(&quota, "t", Dimension::TotalTokens);
     assert!(s.used + s.reserved <= LIMIT, "{s:?}");
 }
+
+#[test]
+fn an_instance_created_while_a_reload_retires_its_budget_keeps_the_carried_state() {
+    use std::time::{Duration, Instant};
+
+    use crate::quota::before_adopt;
+
+    let name = before_adopt::BUDGET;
+    let reload = |quota: &crate::quota::Quota, tokens: u64| {
+        let mut b = budget(name, 1000);
+        b.default_max_tokens = tokens;
+        quota.reload(TenantKey::Namespace, vec![b]).unwrap();
+    };
+    let (quota, _) = engine(vec![budget(name, 1000)]);
+    let who = pod("t");
+    admit(&quota, &who, &Prompt::tokens(500), Some(500))
+        .unwrap()
+        .finish(usage(500, 500));
+    // The spent budget is carried into its successor; no instance of that one exists yet.
+    reload(&quota, 1001);
+    // While the next request creates that instance (open budget seen, carried state not yet
+    // taken), a second reload retires the budget. It gets until it has taken the carried state
+    // itself, which the old order did before its retirement pass could reach the instance.
+    let racing = Arc::new(std::sync::Mutex::new(None));
+    let (q, slot) = (quota.clone(), Arc::clone(&racing));
+    before_adopt::set(Some(Box::new(move |budget| {
+        let q = q.clone();
+        *slot.lock().unwrap() = Some(thread::spawn(move || reload(&q, 1000)));
+        let deadline = Instant::now() + Duration::from_millis(300);
+        while !budget.carry.lock().unwrap().is_empty() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+    })));
+    let late = admit(&quota, &who, &Prompt::tokens(50), Some(50));
+    before_adopt::set(None);
+    if let Some(t) = racing.lock().unwrap().take() {
+        t.join().unwrap();
+    }
+    assert!(
+        late.is_err(),
+        "admitted on a budget the tenant had spent before both reloads"
+    );
+    let again = admit(&quota, &who, &Prompt::tokens(50), Some(50));
+    assert!(
+        again.is_err(),
+        "the last successor carries the spent budget"
+    );
+    let s = state(&quota, "t", Dimension::TotalTokens);
+    assert_eq!(s.used, 1000, "{s:?}");
+}
