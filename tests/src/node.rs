@@ -27,7 +27,8 @@ use std::{
 };
 
 use serde_json::Value;
-use sluice::datapath::PinDir;
+use sluice::datapath::{Counters, PinDir};
+use sluice_common::counters::Counter;
 
 use crate::{
     agent::AgentProcess,
@@ -126,6 +127,13 @@ impl Node {
 
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
+    }
+
+    /// The datapath counter `c`, summed over the CPUs, from the pinned `COUNTERS`.
+    pub fn counter(&self, c: Counter) -> u64 {
+        Counters::open(&self.pin_dir)
+            .and_then(|cs| cs.total(c))
+            .unwrap_or_else(|e| panic!("reading {}: {e}", c.label()))
     }
 
     /// The intercepted cgroup subtree.

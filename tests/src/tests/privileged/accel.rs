@@ -6,7 +6,6 @@
 use std::{process::Stdio, time::Duration};
 
 use serde_json::Value;
-use sluice::datapath::Counters;
 use sluice_common::counters::Counter;
 
 use crate::{
@@ -18,12 +17,6 @@ use crate::{
 };
 
 const ACCEL: &str = "--accelerate-local";
-
-fn counter(node: &Node, c: Counter) -> u64 {
-    Counters::open(node.pin_dir())
-        .and_then(|cs| cs.total(c))
-        .unwrap_or_else(|e| panic!("reading {}: {e}", c.label()))
-}
 
 /// `raw_http.py dribble` from `client`: three ~390 KB chat requests on one connection, each
 /// written in 4 KiB pieces (so a message taking the wrong path would reorder the body).
@@ -121,9 +114,9 @@ fn both_legs_move_socket_to_socket_and_deliver_the_same_bytes() {
     assert_eq!(streamed, text(7), "{body}");
 
     // Client, proxy end, proxy upstream, model end: every one filed, none fell back to TCP.
-    assert!(counter(&node, Counter::AccelFiled) >= 4);
-    assert_eq!(counter(&node, Counter::AccelFileFailed), 0);
-    assert_eq!(counter(&node, Counter::AccelTcpPath), 0);
+    assert!(node.counter(Counter::AccelFiled) >= 4);
+    assert_eq!(node.counter(Counter::AccelFileFailed), 0);
+    assert_eq!(node.counter(Counter::AccelTcpPath), 0);
 }
 
 #[test]
@@ -144,8 +137,8 @@ fn a_socket_whose_peer_is_not_filed_keeps_to_tcp_and_loses_nothing() {
         records.iter().all(|r| r.body.len() > 380_000),
         "{records:?}"
     );
-    assert!(counter(&c.node, Counter::AccelTcpPath) >= 1);
-    assert_eq!(counter(&c.node, Counter::AccelFileFailed), 0);
+    assert!(c.node.counter(Counter::AccelTcpPath) >= 1);
+    assert_eq!(c.node.counter(Counter::AccelFileFailed), 0);
     assert_eq!(
         c.metered_output() as u64,
         3 * 64,
@@ -167,5 +160,5 @@ fn without_the_flag_nothing_is_filed_and_the_proxy_cgroup_gets_no_sock_ops() {
         "all through TCP: {out}"
     );
     assert!(!c.node.pin_dir().join("link_sockops_proxy").exists());
-    assert_eq!(counter(&c.node, Counter::AccelFiled), 0);
+    assert_eq!(c.node.counter(Counter::AccelFiled), 0);
 }

@@ -6,7 +6,6 @@
 
 use std::time::{Duration, Instant};
 
-use sluice::datapath::Counters;
 use sluice_common::counters::Counter;
 
 use crate::{
@@ -19,12 +18,6 @@ use crate::{
 const LIMIT: Duration = Duration::from_secs(2);
 /// Slack for a loaded 2-core machine: one probe attempt and process scheduling.
 const SLACK: Duration = Duration::from_millis(750);
-
-fn counter(node: &Node, c: Counter) -> u64 {
-    Counters::open(node.pin_dir())
-        .and_then(|cs| cs.total(c))
-        .unwrap_or_else(|e| panic!("reading {}: {e}", c.label()))
-}
 
 /// Probes from `client` until the origin answers; returns how long that took from `since`.
 fn until_origin(client: &Pod, model: &Pod, since: Instant) -> Duration {
@@ -61,7 +54,7 @@ fn sigkill_fails_open_within_the_limit() {
     proxy.kill();
     let elapsed = until_origin(&client, &model, killed);
     assert!(elapsed <= LIMIT + SLACK, "blackholed for {elapsed:?}");
-    assert!(counter(&node, Counter::PassedFailOpen) >= 1);
+    assert!(node.counter(Counter::PassedFailOpen) >= 1);
 }
 
 #[test]
@@ -141,6 +134,6 @@ fn fail_closed_refuses_instead_of_bypassing() {
     let refused_at = refused_at.unwrap_or_else(|| panic!("never refused with EPERM"));
     eprintln!("fail-closed refusal {refused_at:?} after SIGKILL");
     assert!(refused_at <= LIMIT + SLACK, "took {refused_at:?}");
-    assert!(counter(&node, Counter::RefusedFailClosed) >= 1);
-    assert_eq!(counter(&node, Counter::PassedFailOpen), 0);
+    assert!(node.counter(Counter::RefusedFailClosed) >= 1);
+    assert_eq!(node.counter(Counter::PassedFailOpen), 0);
 }

@@ -4,7 +4,6 @@
 use std::{net::SocketAddr, time::Duration};
 
 use serde_json::Value;
-use sluice::datapath::Counters;
 use sluice_common::counters::Counter;
 
 use crate::{
@@ -17,12 +16,6 @@ const VIP: &str = "198.19.0.10:8000";
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
-}
-
-fn counter(node: &Node, c: Counter) -> u64 {
-    Counters::open(node.pin_dir())
-        .and_then(|cs| cs.total(c))
-        .unwrap_or_else(|e| panic!("reading {}: {e}", c.label()))
 }
 
 fn lookup(result: &Value) -> (String, u64) {
@@ -54,9 +47,9 @@ fn service_connection_reaches_the_proxy_with_its_destination_and_cgroup() {
         Some(client.ip4.into()),
         "{r}"
     );
-    assert_eq!(counter(&node, Counter::Redirected), 1);
-    assert_eq!(counter(&node, Counter::Established), 1);
-    assert_eq!(counter(&node, Counter::SockoptAnswered), 1);
+    assert_eq!(node.counter(Counter::Redirected), 1);
+    assert_eq!(node.counter(Counter::Established), 1);
+    assert_eq!(node.counter(Counter::SockoptAnswered), 1);
 }
 
 #[test]
@@ -82,7 +75,7 @@ fn other_cgroups_and_other_destinations_are_untouched() {
     // And the matched destination from inside is redirected.
     let r = client.connect(model.addr4(8000), &Connect::default());
     assert_eq!(server(&r), Some("proxy"), "matched: {r}");
-    assert_eq!(counter(&node, Counter::NoMatch), 1);
+    assert_eq!(node.counter(Counter::NoMatch), 1);
 }
 
 #[test]
@@ -107,7 +100,7 @@ fn the_agents_marked_connection_is_never_redirected() {
     };
     let r = client.connect(model.addr4(8000), &marked);
     assert_eq!(server(&r), Some("origin"), "{r}");
-    assert_eq!(counter(&node, Counter::BypassedMark), 1);
+    assert_eq!(node.counter(Counter::BypassedMark), 1);
 }
 
 #[test]
@@ -125,8 +118,8 @@ fn a_direct_connection_to_the_proxy_has_no_original_destination() {
     // Nothing to recover: the proxy must refuse it, never guess, and the miss is counted.
     assert_eq!(r["lookup"], Value::Null, "{r}");
     assert_eq!(r["sockopt"], Value::Null, "{r}");
-    assert_eq!(counter(&node, Counter::ProxyNoEntry), 1);
-    assert_eq!(counter(&node, Counter::Redirected), 0);
+    assert_eq!(node.counter(Counter::ProxyNoEntry), 1);
+    assert_eq!(node.counter(Counter::Redirected), 0);
 }
 
 #[test]

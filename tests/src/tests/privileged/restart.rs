@@ -12,7 +12,6 @@ use std::{
 };
 
 use serde_json::Value;
-use sluice::datapath::Counters;
 use sluice_common::{counters::Counter, map_names};
 
 use crate::{
@@ -21,12 +20,6 @@ use crate::{
     privileged,
     process::{Connect, errno, server},
 };
-
-fn counter(node: &Node, c: Counter) -> u64 {
-    Counters::open(node.pin_dir())
-        .and_then(|cs| cs.total(c))
-        .unwrap_or_else(|e| panic!("reading {}: {e}", c.label()))
-}
 
 fn map_ids(node: &Node) -> Vec<(String, u64)> {
     [
@@ -100,7 +93,7 @@ fn a_restarted_agent_adopts_the_pinned_datapath() {
     assert_one_set(&node);
     // State survived: the counters continue, the rule is still there.
     assert_eq!(server(&to_proxy(&client, &model)), Some("proxy"));
-    assert_eq!(counter(&node, Counter::Redirected), 2);
+    assert_eq!(node.counter(Counter::Redirected), 2);
 }
 
 #[test]

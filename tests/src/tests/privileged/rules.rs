@@ -225,8 +225,6 @@ fn udp_is_left_alone() {
             "a UDP socket was redirected: {r}"
         );
     }
-    let seen = sluice::datapath::Counters::open(node.pin_dir())
-        .and_then(|c| c.total(sluice_common::counters::Counter::Seen))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let seen = node.counter(sluice_common::counters::Counter::Seen);
     assert_eq!(seen, 0, "UDP connects are not even counted");
 }
