@@ -285,7 +285,8 @@ async fn produce(
 /// Waits until `deadline` to within microseconds. tokio's timer fires on millisecond ticks,
 /// which would add up to a millisecond of jitter to the first token: more than the proxy's
 /// whole share of the time to first token the bench measures. The last millisecond is spent
-/// yielding (at most one per stream, so a paced backend stays cheap).
+/// yielding (twice per stream at most, for the first event and the first token, so a paced
+/// backend stays cheap).
 async fn until_precisely(deadline: Instant) {
     if let Some(coarse) = deadline.checked_sub(Duration::from_millis(1))
         && coarse > Instant::now()
