@@ -89,31 +89,13 @@ impl Cluster {
     /// A script of `tests/py` run with the venv's Python in the client pod; one JSON value per
     /// line it printed.
     pub fn python(&self, script: &str, args: &[&str]) -> Vec<Value> {
-        python_output(script, args, run(self.python_command(script, args), None))
+        python_in(&self.client, script, args)
     }
 
     /// The command [`Cluster::python`] runs, to start it in the background.
     pub fn python_command(&self, script: &str, args: &[&str]) -> Command {
-        let mut cmd = self.client.command(venv_python());
-        cmd.arg(repo().join("tests/py").join(script))
-            .args(args)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env("NO_PROXY", "*")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for var in [
-            "HTTP_PROXY",
-            "HTTPS_PROXY",
-            "ALL_PROXY",
-            "http_proxy",
-            "https_proxy",
-        ] {
-            cmd.env_remove(var);
-        }
-        cmd
+        python_command(&self.client, script, args)
     }
-
     /// A sample of the agent's `/metrics`, summed over the series whose labels contain all of
     /// `labels`.
     pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
@@ -178,6 +160,34 @@ fn run(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
         .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }
 
+/// A script of `tests/py` run with the venv's Python in `pod`; one JSON value per line it
+/// printed.
+pub fn python_in(pod: &Pod, script: &str, args: &[&str]) -> Vec<Value> {
+    python_output(script, args, run(python_command(pod, script, args), None))
+}
+
+/// The command [`python_in`] runs.
+pub fn python_command(pod: &Pod, script: &str, args: &[&str]) -> Command {
+    let mut cmd = pod.command(venv_python());
+    cmd.arg(repo().join("tests/py").join(script))
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .env("NO_PROXY", "*")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
 /// The JSON lines a script printed; its failure, with everything it said.
 pub fn python_output(script: &str, args: &[&str], out: Output) -> Vec<Value> {
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -193,7 +203,7 @@ pub fn python_output(script: &str, args: &[&str], out: Output) -> Vec<Value> {
         .collect()
 }
 
-pub fn repo() -> PathBuf {
+fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 

@@ -3,13 +3,13 @@
 //! what it gets through TCP. The client reads its own socket's TCP_INFO: redirected bytes are
 //! never counted there, so the tests tell an accelerated connection from one that only works.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use serde_json::Value;
 use sluice_common::counters::Counter;
 
 use crate::{
-    e2e::{Cluster, MODEL_PORT, sse_data, text},
+    e2e::{Cluster, MODEL_PORT, python_in, sse_data, text},
     modelsim::SimConfig,
     node::{Node, Pod},
     privileged,
@@ -21,21 +21,10 @@ const ACCEL: &str = "--accelerate-local";
 /// `raw_http.py dribble` from `client`: three ~390 KB chat requests on one connection, each
 /// written in 4 KiB pieces (so a message taking the wrong path would reorder the body).
 fn dribble(client: &Pod, model: &Pod) -> Value {
-    let script = crate::e2e::repo().join("tests/py/raw_http.py");
-    let out = client
-        .command("python3")
-        .arg(script)
-        .args(["dribble", &model.ip4.to_string(), &MODEL_PORT.to_string()])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("running raw_http.py: {e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    let (host, port) = (model.ip4.to_string(), MODEL_PORT.to_string());
+    let mut out = python_in(client, "raw_http.py", &["dribble", &host, &port]);
+    assert_eq!(out.len(), 1, "{out:?}");
+    out.remove(0)
 }
 
 /// Every reply is a 200 with the simulator's 64-token answer, and the connection ended cleanly.
