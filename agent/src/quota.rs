@@ -37,6 +37,8 @@ use sluice_common::quota::{QuotaKey, QuotaValue};
 use crate::admission::{Admission, AdmissionRequest, Rejected, Ticket};
 
 mod admit;
+#[cfg(test)]
+pub(crate) mod before_adopt;
 pub mod clock;
 pub mod cluster;
 pub mod config;
@@ -376,47 +378,6 @@ impl Inner {
                 (None, None) => {}
             }
         }
-    }
-}
-
-/// A test's hook between a new instance's closed check and its adoption of the carried state:
-/// the window a concurrent reload must not take that state in.
-#[cfg(test)]
-pub(crate) mod before_adopt {
-    use std::sync::{Mutex, PoisonError};
-
-    use super::instance::Budget;
-
-    type Hook = Box<dyn Fn(&Budget) + Send>;
-
-    /// Runs for instances of budgets with this name only (tests run in parallel).
-    pub const BUDGET: &str = "hooked";
-    static HOOK: Mutex<Option<Hook>> = Mutex::new(None);
-
-    pub fn set(hook: Option<Hook>) {
-        *HOOK.lock().unwrap_or_else(PoisonError::into_inner) = hook;
-    }
-
-    pub(super) fn run(budget: &Budget) {
-        if budget.config.name == BUDGET
-            && let Some(hook) = HOOK.lock().unwrap_or_else(PoisonError::into_inner).take()
-        {
-            hook(budget);
-        }
-    }
-}
-
-#[cfg(test)]
-impl Quota {
-    /// Whether a lease request is on its way to the store or its reply not yet applied.
-    pub(crate) fn leases_in_flight(&self) -> bool {
-        self.inner.registry.all().iter().any(|instance| {
-            instance
-                .lock()
-                .counters
-                .iter()
-                .any(|c| c.lease.as_ref().is_some_and(|l| l.in_flight()))
-        })
     }
 }
 

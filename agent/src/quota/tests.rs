@@ -57,6 +57,19 @@ impl PromptTokens for Prompt {
     }
 }
 
+impl Quota {
+    /// Whether a lease request is on its way to the store or its reply not yet applied.
+    pub(crate) fn leases_in_flight(&self) -> bool {
+        self.inner.registry.all().iter().any(|instance| {
+            instance
+                .lock()
+                .counters
+                .iter()
+                .any(|c| c.lease.as_ref().is_some_and(|l| l.in_flight()))
+        })
+    }
+}
+
 pub(super) fn pod(namespace: &str) -> Identity {
     Identity {
         cgroup_id: 42,
