@@ -225,10 +225,9 @@ impl Proxy {
             metrics,
             config,
         });
-        for encoding in [shared.config.limits.fallback_encoding, Encoding::Cl100k] {
-            // Vocabularies load in the background, off the first request's path.
-            std::thread::spawn(move || encoding.warm());
-        }
+        // The vocabularies are compiled in; their split patterns compile in the background
+        // (milliseconds each), off the first request's path.
+        std::thread::spawn(|| Encoding::ALL.into_iter().for_each(Encoding::warm));
         Ok(Self {
             listener,
             shared,

@@ -1,14 +1,24 @@
-//! Token counting with real BPE vocabularies (tiktoken-rs; the vocabularies are compiled in,
-//! nothing is downloaded), chosen per model family with a configurable fallback.
+//! Token counting with real BPE vocabularies, chosen per model family with a configurable
+//! fallback. The vocabularies are tiktoken-rs's (OpenAI's), compiled by `build.rs` into compact
+//! tables the binary carries (`tokens/table.rs`); counting is tiktoken's algorithm, checked
+//! against tiktoken-rs token for token in the tests.
 //!
-//! Counting costs tens of µs per KiB, so the proxy keeps it off the request's critical path:
+//! Counting costs µs per KiB, so the proxy keeps it off the request's critical path:
 //! admission gets a free upper bound, the exact count runs only when asked for (or when the
 //! server reports no usage), and the server's own usage always wins.
 
-use std::{str::FromStr, sync::OnceLock};
+use std::{str::FromStr, sync::LazyLock};
 
-use tiktoken_rs::CoreBPE;
+use fancy_regex::Regex;
 use tracing::warn;
+
+mod bpe;
+mod table;
+#[cfg(test)]
+mod tests;
+mod vocab;
+
+use vocab::Vocabulary;
 
 /// A BPE vocabulary.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -88,35 +98,59 @@ impl Encoding {
         if text.is_empty() {
             return 0;
         }
-        match self.bpe() {
-            Some(bpe) => bpe.encode_ordinary(text).len() as u64,
-            // Unreachable with the compiled-in vocabularies; bytes bound any BPE from above.
-            None => text.len() as u64,
-        }
-    }
-
-    /// Loads the vocabulary now (≈ 0.1–0.5 s each), so the first request does not pay for it.
-    pub fn warm(self) {
-        let _ = self.bpe();
-    }
-
-    fn bpe(self) -> Option<&'static CoreBPE> {
-        static O200K: OnceLock<Option<CoreBPE>> = OnceLock::new();
-        static CL100K: OnceLock<Option<CoreBPE>> = OnceLock::new();
-        static P50K: OnceLock<Option<CoreBPE>> = OnceLock::new();
-        static R50K: OnceLock<Option<CoreBPE>> = OnceLock::new();
-        let (cell, load): (_, fn() -> anyhow::Result<CoreBPE>) = match self {
-            Encoding::O200k => (&O200K, tiktoken_rs::o200k_base),
-            Encoding::Cl100k => (&CL100K, tiktoken_rs::cl100k_base),
-            Encoding::P50k => (&P50K, tiktoken_rs::p50k_base),
-            Encoding::R50k => (&R50K, tiktoken_rs::r50k_base),
+        let (Some(vocab), Some(pattern)) = (Vocabulary::of(self), self.pattern()) else {
+            // Unreachable with the compiled-in tables; bytes bound any BPE from above.
+            return text.len() as u64;
         };
-        cell.get_or_init(|| {
-            load()
-                .inspect_err(|e| warn!(encoding = self.name(), error = %e, "loading tokenizer"))
+        let mut tokens = 0;
+        let mut counted = 0;
+        for piece in pattern.find_iter(text) {
+            let Ok(piece) = piece else {
+                // The pattern's look-ahead ran past fancy-regex's backtracking limit
+                // (tiktoken panics here): the rest is bounded by its bytes.
+                return tokens + (text.len() - counted) as u64;
+            };
+            let bytes = piece.as_str().as_bytes();
+            tokens += match vocab.rank(bytes) {
+                Some(_) => 1,
+                None => bpe::count(vocab, bytes),
+            };
+            counted = piece.end();
+        }
+        tokens
+    }
+
+    /// Compiles the pre-tokenising pattern now (milliseconds), so the first request does not.
+    pub fn warm(self) {
+        let _ = self.pattern();
+    }
+
+    /// How text is split before merging: tiktoken's pattern for this vocabulary.
+    fn pattern(self) -> Option<&'static Regex> {
+        const GPT2: &str =
+            r"'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s";
+        const CL100K: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s";
+        const O200K: &str = concat!(
+            r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+            "|",
+            r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+            r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        );
+        fn compile(encoding: Encoding, pattern: &str) -> Option<Regex> {
+            Regex::new(pattern)
+                .inspect_err(|e| warn!(encoding = encoding.name(), error = %e, "tokenizer pattern"))
                 .ok()
-        })
-        .as_ref()
+        }
+        static O200K_RE: LazyLock<Option<Regex>> =
+            LazyLock::new(|| compile(Encoding::O200k, O200K));
+        static CL100K_RE: LazyLock<Option<Regex>> =
+            LazyLock::new(|| compile(Encoding::Cl100k, CL100K));
+        static GPT2_RE: LazyLock<Option<Regex>> = LazyLock::new(|| compile(Encoding::R50k, GPT2));
+        match self {
+            Encoding::O200k => O200K_RE.as_ref(),
+            Encoding::Cl100k => CL100K_RE.as_ref(),
+            Encoding::P50k | Encoding::R50k => GPT2_RE.as_ref(),
+        }
     }
 }
 
@@ -128,42 +162,5 @@ impl FromStr for Encoding {
             .into_iter()
             .find(|e| e.name() == s || e.name().trim_end_matches("_base") == s)
             .ok_or_else(|| UnknownEncoding { name: s.to_owned() })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn families_pick_their_vocabulary() {
-        let fb = Encoding::Cl100k;
-        assert_eq!(Encoding::for_model("gpt-4o-mini", fb), Encoding::O200k);
-        assert_eq!(Encoding::for_model("openai/gpt-4.1", fb), Encoding::O200k);
-        assert_eq!(Encoding::for_model("ft:gpt-4o:org::x", fb), Encoding::O200k);
-        assert_eq!(Encoding::for_model("gpt-4-turbo", fb), Encoding::Cl100k);
-        assert_eq!(Encoding::for_model("o3-mini", fb), Encoding::O200k);
-        assert_eq!(Encoding::for_model("text-davinci-003", fb), Encoding::P50k);
-        assert_eq!(Encoding::for_model("llama-3-8b", fb), Encoding::Cl100k);
-        assert_eq!(
-            Encoding::for_model("llama-3-8b", Encoding::O200k),
-            Encoding::O200k
-        );
-    }
-
-    #[test]
-    fn counts_with_the_real_vocabulary() {
-        // Reference counts from OpenAI's tiktoken.
-        assert_eq!(Encoding::Cl100k.count("hello world"), 2);
-        assert_eq!(Encoding::O200k.count("hello world"), 2);
-        assert_eq!(Encoding::O200k.count(""), 0);
-        assert!(Encoding::O200k.count("héllo 世界 🌍") <= "héllo 世界 🌍".len() as u64);
-    }
-
-    #[test]
-    fn encoding_names_parse() {
-        assert_eq!("o200k_base".parse::<Encoding>().ok(), Some(Encoding::O200k));
-        assert_eq!("cl100k".parse::<Encoding>().ok(), Some(Encoding::Cl100k));
-        assert!("gpt2".parse::<Encoding>().is_err());
     }
 }
