@@ -131,6 +131,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     // data plane goes stale and the node fails open instead of blackholing.
     let heartbeat = datapath.spawn_heartbeat(&runtime);
     info!("serving");
+    crate::memory::release_freed();
 
     match &source {
         Some(running) => {

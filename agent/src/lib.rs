@@ -11,6 +11,7 @@ pub mod datapath;
 pub mod identity;
 pub mod inspect;
 pub mod kube;
+pub mod memory;
 pub mod policy;
 pub mod proxy;
 pub mod quota;
