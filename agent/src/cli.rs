@@ -343,7 +343,10 @@ fn programs(dir: &std::path::Path, sample: Option<Duration>, json: bool) -> Resu
             p.link.clone(),
             p.program.clone(),
             p.prog_id.to_string(),
-            p.cgroup_id.to_string(),
+            match p.cgroup_id {
+                0 => "-".to_owned(),
+                id => id.to_string(),
+            },
             p.run_count.to_string(),
             p.run_time_ns.to_string(),
             p.ns_per_run()

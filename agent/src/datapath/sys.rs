@@ -1,5 +1,5 @@
 //! The few system calls aya 0.14 does not expose: a cgroup link's target, forced link detach,
-//! a socket's network-namespace cookie, and filesystem magic.
+//! the programs attached to a map, a socket's network-namespace cookie, and filesystem magic.
 
 use std::{
     ffi::CString,
@@ -16,6 +16,9 @@ const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_DETACH: libc::c_long = 34;
+const BPF_PROG_QUERY: libc::c_long = 16;
+/// `enum bpf_attach_type`: an sk_msg program on a sockmap or sockhash.
+pub const BPF_SK_MSG_VERDICT: u32 = 7;
 
 /// `BPF_FS_MAGIC` from linux/magic.h.
 pub const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -132,6 +135,38 @@ pub fn cgroup_link_info(link: BorrowedFd<'_>) -> io::Result<CgroupLinkInfo> {
         cgroup_id: info.cgroup_id,
         attach_type: info.attach_type,
     })
+}
+
+/// The ids of the programs attached to `target` (a sockmap or sockhash: Linux 5.19; a cgroup)
+/// as `attach_type`.
+pub fn prog_query(target: BorrowedFd<'_>, attach_type: u32) -> io::Result<Vec<u32>> {
+    #[repr(C, align(8))]
+    struct QueryAttr {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+    }
+    // A map takes one program per attach type; a cgroup, a few at most.
+    let mut ids = [0u32; 64];
+    let mut attr = QueryAttr {
+        target_fd: raw(target)?,
+        attach_type,
+        query_flags: 0,
+        attach_flags: 0,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        _pad: 0,
+    };
+    bpf(
+        BPF_PROG_QUERY,
+        (&raw mut attr).cast(),
+        size_of::<QueryAttr>(),
+    )?;
+    Ok(ids[..(attr.prog_cnt as usize).min(ids.len())].to_vec())
 }
 
 /// Detaches a link from its target now, whoever else holds it open (Linux 5.9).

@@ -106,6 +106,25 @@ fn both_legs_move_socket_to_socket_and_deliver_the_same_bytes() {
     assert!(node.counter(Counter::AccelFiled) >= 4);
     assert_eq!(node.counter(Counter::AccelFileFailed), 0);
     assert_eq!(node.counter(Counter::AccelTcpPath), 0);
+
+    // The sk_msg program has no link; `inspect programs` finds it on the map.
+    let skmsg = skmsg_programs(&node);
+    assert_eq!(skmsg.len(), 1, "{skmsg:?}");
+    assert_eq!(skmsg[0]["program"], "sluice_skmsg", "{skmsg:?}");
+    assert_eq!(skmsg[0]["cgroup_id"], 0, "{skmsg:?}");
+}
+
+/// What `sluice inspect programs` lists as attached to a map.
+fn skmsg_programs(node: &Node) -> Vec<Value> {
+    let pins = node.pin_dir().to_string_lossy().into_owned();
+    let (ok, out, err) = node.sluice(&["inspect", "programs", "--pin-dir", &pins, "--json"]);
+    assert!(ok, "{err}");
+    let progs: Vec<Value> = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(progs.len() >= 3, "the links are listed too: {out}");
+    progs
+        .into_iter()
+        .filter(|p| p["link"].as_str().is_some_and(|l| l.starts_with("map:")))
+        .collect()
 }
 
 #[test]
@@ -150,4 +169,5 @@ fn without_the_flag_nothing_is_filed_and_the_proxy_cgroup_gets_no_sock_ops() {
     );
     assert!(!c.node.pin_dir().join("link_sockops_proxy").exists());
     assert_eq!(c.node.counter(Counter::AccelFiled), 0);
+    assert_eq!(skmsg_programs(&c.node), Vec::<Value>::new());
 }
