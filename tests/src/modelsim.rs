@@ -47,6 +47,10 @@ pub struct SimConfig {
     /// Answer 404 `model_not_found` for any model but [`SimConfig::model`], as vLLM does;
     /// otherwise every model name is served.
     pub reject_unknown_models: bool,
+    /// Keep a [`Record`] of every request (headers and body included) for [`ModelSim::records`].
+    /// Tests read them; a long-running simulator must not, or it grows by every body it was
+    /// sent (a full bench run sends it gigabytes).
+    pub keep_records: bool,
 }
 
 /// One request as the simulator saw it.
@@ -100,6 +104,7 @@ impl Default for SimConfig {
             model: "llama-3-8b".to_owned(),
             workers: 1,
             reject_unknown_models: false,
+            keep_records: true,
         }
     }
 }

@@ -10,6 +10,8 @@ fn main() -> Result<()> {
     let mut config = SimConfig {
         addr: "127.0.0.1:8000".parse()?,
         workers: 2,
+        // Nothing reads them from outside the process.
+        keep_records: false,
         ..SimConfig::default()
     };
     let mut args = std::env::args().skip(1);

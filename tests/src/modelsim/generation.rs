@@ -174,7 +174,9 @@ fn job(
     let tps = header_f64("x-sim-tps").unwrap_or(config.tokens_per_second);
     let ttft =
         header_f64("x-sim-ttft-ms").map_or(config.ttft, |ms| Duration::from_secs_f64(ms / 1000.0));
-    let index = {
+    let index = if !config.keep_records {
+        usize::MAX
+    } else {
         let mut records = lock(&state.records);
         records.push(Record {
             path: incoming.path,
