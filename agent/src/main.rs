@@ -89,6 +89,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     telemetry::init_logging();
     let config = args.into_config().context("invalid configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.worker_threads)
         .enable_all()
         .thread_name("sluice")
         .build()
