@@ -39,44 +39,63 @@ pub fn mapped_word(ip4: u32) -> [u8; 16] {
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 
+/// Loads a socket's address fields from `ptr` (a program context or a `bpf_sock`), given
+/// their names in that type, as `(family, local_ip4, remote_ip4, local_ip6, remote_ip6,
+/// local_port, remote_port)`; `ptr` must be readable at every one of them.
+///
+/// A macro because the socket types are distinct and name the fields differently. Every field
+/// is loaded once, up front, in one block: loads under the family branch let LLVM hoist a
+/// field's address out of them, which the verifier refuses ("dereference of modified ctx ptr
+/// R0 off=24 disallowed", "R9 pointer arithmetic on sock prohibited").
+macro_rules! sock_fields {
+    ($ptr:expr, $family:ident, $l4:ident, $r4:ident, $l6:ident, $r6:ident, $lp:ident, $rp:ident) => {{
+        use core::ptr::read_volatile;
+        let p = $ptr;
+        // SAFETY: the caller passes a pointer readable at every field named.
+        unsafe {
+            (
+                read_volatile(&raw const (*p).$family),
+                read_volatile(&raw const (*p).$l4),
+                read_volatile(&raw const (*p).$r4),
+                [
+                    read_volatile(&raw const (*p).$l6[0]),
+                    read_volatile(&raw const (*p).$l6[1]),
+                    read_volatile(&raw const (*p).$l6[2]),
+                    read_volatile(&raw const (*p).$l6[3]),
+                ],
+                [
+                    read_volatile(&raw const (*p).$r6[0]),
+                    read_volatile(&raw const (*p).$r6[1]),
+                    read_volatile(&raw const (*p).$r6[2]),
+                    read_volatile(&raw const (*p).$r6[3]),
+                ],
+                read_volatile(&raw const (*p).$lp),
+                read_volatile(&raw const (*p).$rp),
+            )
+        }
+    }};
+}
+pub(crate) use sock_fields;
+
 /// A socket's own addresses from a context whose fields are named as in `bpf_sock_ops` and
 /// `sk_msg_md` (`family`, `local_ip4`, `remote_ip6`, `local_port`, ...): `own_key!(ctx.ops)`.
-///
-/// A macro because the two contexts are distinct types. Every field is loaded once, up front,
-/// in one block: loads under the family branch let LLVM hoist a field's address out of them,
-/// which the verifier refuses ("dereference of modified ctx ptr R0 off=24 disallowed").
 macro_rules! own_key {
-    ($ctx:expr) => {{
-        use core::ptr::read_volatile;
-        let c = $ctx;
-        // SAFETY: `c` is the program's context pointer and every field read is readable there.
-        let fields = unsafe {
-            (
-                read_volatile(&raw const (*c).family),
-                read_volatile(&raw const (*c).local_ip4),
-                read_volatile(&raw const (*c).remote_ip4),
-                [
-                    read_volatile(&raw const (*c).local_ip6[0]),
-                    read_volatile(&raw const (*c).local_ip6[1]),
-                    read_volatile(&raw const (*c).local_ip6[2]),
-                    read_volatile(&raw const (*c).local_ip6[3]),
-                ],
-                [
-                    read_volatile(&raw const (*c).remote_ip6[0]),
-                    read_volatile(&raw const (*c).remote_ip6[1]),
-                    read_volatile(&raw const (*c).remote_ip6[2]),
-                    read_volatile(&raw const (*c).remote_ip6[3]),
-                ],
-                read_volatile(&raw const (*c).local_port),
-                read_volatile(&raw const (*c).remote_port),
-            )
-        };
-        $crate::addr::sock_key(fields)
-    }};
+    ($ctx:expr) => {
+        $crate::addr::sock_key($crate::addr::sock_fields!(
+            $ctx,
+            family,
+            local_ip4,
+            remote_ip4,
+            local_ip6,
+            remote_ip6,
+            local_port,
+            remote_port
+        ))
+    };
 }
 pub(crate) use own_key;
 
-/// The context fields `own_key!` loads, in its order.
+/// The context fields `own_key!` loads, in [`sock_fields!`]'s order.
 pub type SockFields = (u32, u32, u32, [u32; 4], [u32; 4], u32, u32);
 
 #[inline(always)]

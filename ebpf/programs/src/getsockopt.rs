@@ -9,7 +9,7 @@
 //! older kernels return EFAULT unless the program sets `optlen` to 0, meaning "keep the
 //! kernel's own answer" (Documentation/bpf/prog_cgroup_sockopt.rst, "Large optval").
 
-use core::ptr::{read_volatile, write_volatile};
+use core::ptr::write_volatile;
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sockopt},
@@ -23,7 +23,7 @@ use sluice_common::{
 };
 
 use crate::{
-    addr::{mapped_word, words_to_bytes},
+    addr::{mapped_word, sock_fields, words_to_bytes},
     maps::{ORIG_DST, count},
 };
 
@@ -96,31 +96,10 @@ fn try_answer(so: *mut bpf_sockopt, v6: bool) -> Result<(), ()> {
 /// The key of an accepted proxy socket: its remote end is the client, its local end the proxy.
 #[inline(always)]
 fn accepted_key(sk: *mut bpf_sock) -> Option<ConnKey> {
-    // Every field is loaded once, up front, in one block: loads under the family branch let
-    // LLVM hoist a field's address out of them, which the verifier refuses ("R9 pointer
-    // arithmetic on sock prohibited").
-    // SAFETY: every field read here is a readable `bpf_sock` field.
-    let (family, src4, dst4, src6, dst6, src_port, dst_port) = unsafe {
-        (
-            read_volatile(&raw const (*sk).family),
-            read_volatile(&raw const (*sk).src_ip4),
-            read_volatile(&raw const (*sk).dst_ip4),
-            [
-                read_volatile(&raw const (*sk).src_ip6[0]),
-                read_volatile(&raw const (*sk).src_ip6[1]),
-                read_volatile(&raw const (*sk).src_ip6[2]),
-                read_volatile(&raw const (*sk).src_ip6[3]),
-            ],
-            [
-                read_volatile(&raw const (*sk).dst_ip6[0]),
-                read_volatile(&raw const (*sk).dst_ip6[1]),
-                read_volatile(&raw const (*sk).dst_ip6[2]),
-                read_volatile(&raw const (*sk).dst_ip6[3]),
-            ],
-            read_volatile(&raw const (*sk).src_port),
-            read_volatile(&raw const (*sk).dst_port),
-        )
-    };
+    // The remote end is the client, the local end (`src_*`) the proxy.
+    let (family, src4, dst4, src6, dst6, src_port, dst_port) = sock_fields!(
+        sk, family, src_ip4, dst_ip4, src_ip6, dst_ip6, src_port, dst_port
+    );
     let (client_addr, proxy_addr) = match family {
         AF_INET => (mapped_word(dst4), mapped_word(src4)),
         AF_INET6 => (words_to_bytes(dst6), words_to_bytes(src6)),
