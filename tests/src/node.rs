@@ -136,6 +136,24 @@ impl Node {
             .unwrap_or_else(|e| panic!("reading {}: {e}", c.label()))
     }
 
+    /// `sluice inspect <view> <extra>` on this node's pinned datapath: what it printed.
+    pub fn inspect(&self, view: &str, extra: &[&str]) -> String {
+        let pin_dir = self.pin_dir.to_string_lossy().into_owned();
+        let mut args = vec!["inspect", view, "--pin-dir", &pin_dir];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = self.sluice(&args);
+        assert!(ok, "sluice inspect {view}: {err}");
+        out
+    }
+
+    /// `sluice inspect <view> --json <extra>` on this node's pinned datapath.
+    pub fn inspect_json(&self, view: &str, extra: &[&str]) -> Value {
+        let mut args = vec!["--json"];
+        args.extend_from_slice(extra);
+        let out = self.inspect(view, &args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("inspect {view} --json: {e}: {out}"))
+    }
+
     /// The intercepted cgroup subtree.
     pub fn pods_cgroup(&self) -> &TestCgroup {
         &self.pods

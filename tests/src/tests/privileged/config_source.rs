@@ -77,11 +77,8 @@ impl Drop for TempDir {
 
 /// `sluice inspect locality --json` in the node, as (pod IP, GPUs) pairs.
 fn locality(node: &Node) -> Vec<(String, u64)> {
-    let pin = node.pin_dir().to_string_lossy().into_owned();
-    let (ok, out, err) = node.sluice(&["inspect", "locality", "--json", "--pin-dir", &pin]);
-    assert!(ok, "inspect locality: {err}");
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    v.as_array()
+    node.inspect_json("locality", &[])
+        .as_array()
         .into_iter()
         .flatten()
         .map(|e| {

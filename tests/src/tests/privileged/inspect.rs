@@ -15,22 +15,6 @@ use crate::{
     process::{Connect, netprobe_binary, server},
 };
 
-fn inspect(node: &Node, what: &str, extra: &[&str]) -> String {
-    let pin_dir = node.pin_dir().to_string_lossy().into_owned();
-    let mut args = vec!["inspect", what, "--pin-dir", &pin_dir];
-    args.extend_from_slice(extra);
-    let (ok, out, err) = node.sluice(&args);
-    assert!(ok, "sluice inspect {what}: {err}");
-    out
-}
-
-fn inspect_json(node: &Node, what: &str, extra: &[&str]) -> Value {
-    let mut args = vec!["--json"];
-    args.extend_from_slice(extra);
-    let out = inspect(node, what, &args);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("inspect {what} --json: {e}: {out}"))
-}
-
 /// Each row's cells start where the header's do.
 fn assert_aligned(table: &str) {
     let mut lines = table.lines();
@@ -86,7 +70,7 @@ fn inspect_shows_rules_counters_and_live_connections() {
     let mut proxy = crate::process::Spawned::start("holding proxy", cmd);
     proxy.wait_line("listening", Duration::from_secs(5));
 
-    let rules = inspect_json(&node, "intercepts", &[]);
+    let rules = node.inspect_json("intercepts", &[]);
     let dests: Vec<&str> = rules["rules"]
         .as_array()
         .map(Vec::as_slice)
@@ -99,7 +83,7 @@ fn inspect_shows_rules_counters_and_live_connections() {
         assert!(dests.contains(&want), "{want} missing: {rules}");
     }
     assert_eq!(rules["capacity"].as_u64(), Some(4096));
-    let table = inspect(&node, "intercepts", &[]);
+    let table = node.inspect("intercepts", &[]);
     assert!(table.starts_with("DESTINATION"), "{table}");
     assert!(table.contains("3 of 4096 rules"), "{table}");
     assert_aligned(&table);
@@ -116,7 +100,7 @@ fn inspect_shows_rules_counters_and_live_connections() {
         Some(crate::node::PROXY4),
         "{conns}"
     );
-    let table = inspect(&node, "connections", &[]);
+    let table = node.inspect("connections", &[]);
     assert!(
         table.contains("ORIGINAL DESTINATION") && table.contains("198.19.7.7:8000"),
         "{table}"
@@ -134,7 +118,7 @@ fn inspect_shows_rules_counters_and_live_connections() {
         Some("proxy")
     );
 
-    let counters = inspect_json(&node, "counters", &[]);
+    let counters = node.inspect_json("counters", &[]);
     let redirected = counters
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["counter"] == "redirected"))
@@ -145,9 +129,9 @@ fn inspect_shows_rules_counters_and_live_connections() {
             .as_array()
             .is_some_and(|v| !v.is_empty())
     );
-    assert_aligned(&inspect(&node, "counters", &[]));
+    assert_aligned(&node.inspect("counters", &[]));
 
-    let agent = inspect_json(&node, "agent", &[]);
+    let agent = node.inspect_json("agent", &[]);
     assert_eq!(agent["state"].as_str(), Some("alive"), "{agent}");
     assert_eq!(agent["accelerate_local"], false, "off by default: {agent}");
     assert_eq!(
@@ -165,7 +149,7 @@ fn inspect_shows_rules_counters_and_live_connections() {
 fn wait_for_connection(node: &Node, original: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
-        let conns = inspect_json(node, "connections", &[]);
+        let conns = node.inspect_json("connections", &[]);
         if let Some(c) = conns
             .as_array()
             .and_then(|cs| cs.iter().find(|c| c["original_dst"] == original))
@@ -207,7 +191,7 @@ fn inspect_programs_measures_connect4_with_bpf_stats() {
             }
         })
     };
-    let progs = inspect_json(&node, "programs", &["--sample", "2s"]);
+    let progs = node.inspect_json("programs", &["--sample", "2s"]);
     load.join().unwrap_or_else(|_| panic!("load thread"));
     let connect4 = progs
         .as_array()

@@ -113,11 +113,10 @@ pub fn wait_metered(pod: &Pod, to: SocketAddr, tag: &str, within: Duration) -> V
 
 /// `sluice inspect quotas --json` in `node`: the entries.
 pub fn quotas(node: &Node) -> Vec<Value> {
-    let pin = node.pin_dir().to_string_lossy().into_owned();
-    let (ok, out, err) = node.sluice(&["inspect", "quotas", "--json", "--pin-dir", &pin]);
-    assert!(ok, "inspect quotas: {err}");
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    v["entries"].as_array().cloned().unwrap_or_default()
+    node.inspect_json("quotas", &[])["entries"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// The entry of `tenant`'s `dimension` (`total_tokens`, `requests`, `connect`, ...).

@@ -7,8 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::Value;
-
 use super::{
     MODEL_PORT, away_from_window_edge, budget_yaml, chat, entry, model_server, pod_yaml,
     policy_yaml, wait_metered, wait_quotas,
@@ -34,11 +32,8 @@ fn refused(pod: &Pod, to: std::net::SocketAddr) -> bool {
 }
 
 fn counters(node: &Node) -> HashMap<String, u64> {
-    let pin = node.pin_dir().to_string_lossy().into_owned();
-    let (ok, out, err) = node.sluice(&["inspect", "counters", "--json", "--pin-dir", &pin]);
-    assert!(ok, "{err}");
-    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    v.as_array()
+    node.inspect_json("counters", &[])
+        .as_array()
         .into_iter()
         .flatten()
         .map(|c| {

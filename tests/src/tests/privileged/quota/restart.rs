@@ -55,9 +55,7 @@ fn restarting_the_agent_never_hands_out_a_fresh_budget() {
         dump.contains("\"used\":3") && dump.contains("\"window_end_ms\""),
         "bpftool prints the fields: {dump}"
     );
-    let pin = node.pin_dir().to_string_lossy().into_owned();
-    let (ok, table, err) = node.sluice(&["inspect", "quotas", "--pin-dir", &pin]);
-    assert!(ok, "{err}");
+    let table = node.inspect("quotas", &[]);
     let head = table.lines().next().unwrap_or_default();
     for column in [
         "TENANT",
