@@ -96,6 +96,7 @@ impl Cluster {
     pub fn python_command(&self, script: &str, args: &[&str]) -> Command {
         python_command(&self.client, script, args)
     }
+
     /// A sample of the agent's `/metrics`, summed over the series whose labels contain all of
     /// `labels`.
     pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {

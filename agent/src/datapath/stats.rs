@@ -73,11 +73,9 @@ pub fn programs(pin_dir: &Path) -> Result<Vec<ProgramStats>, Error> {
                 });
             }
         };
-        let info = sys::cgroup_link_info(std::os::fd::AsFd::as_fd(&fd)).map_err(|source| {
-            Error::Links {
-                path: path.display().to_string(),
-                source,
-            }
+        let info = sys::cgroup_link_info(fd.as_fd()).map_err(|source| Error::Links {
+            path: path.display().to_string(),
+            source,
         })?;
         let Some(prog) = all.iter().find(|p| p.id() == info.prog_id) else {
             continue;

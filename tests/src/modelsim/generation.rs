@@ -49,7 +49,8 @@ pub struct Job {
     tps: f64,
     ttft: Duration,
     faults: Faults,
-    index: usize,
+    /// The request's [`Record`], when the simulator keeps them.
+    record: Option<usize>,
 }
 
 /// Sends a stream's events, applying the byte- and index-triggered faults.
@@ -95,7 +96,7 @@ pub(super) async fn generate(
         ));
     }
     if job.shape == Shape::Embeddings {
-        finish(&state, job.index, 0, true);
+        finish(&state, job.record, 0, true);
         return Ok(json_response(StatusCode::OK, job.shape.body(&job, "", 0)));
     }
     if job.stream {
@@ -110,7 +111,7 @@ pub(super) async fn generate(
     }
     let text = text(job.max_tokens);
     state.generated.fetch_add(job.max_tokens, Ordering::SeqCst);
-    finish(&state, job.index, job.max_tokens, true);
+    finish(&state, job.record, job.max_tokens, true);
     let body = job.shape.body(&job, &text, job.max_tokens);
     let faults = &job.faults;
     if faults.chunked || faults.hang_after_headers || faults.reset_after_bytes.is_some() {
@@ -174,9 +175,7 @@ fn job(
     let tps = header_f64("x-sim-tps").unwrap_or(config.tokens_per_second);
     let ttft =
         header_f64("x-sim-ttft-ms").map_or(config.ttft, |ms| Duration::from_secs_f64(ms / 1000.0));
-    let index = if !config.keep_records {
-        usize::MAX
-    } else {
+    let record = config.keep_records.then(|| {
         let mut records = lock(&state.records);
         records.push(Record {
             path: incoming.path,
@@ -189,7 +188,7 @@ fn job(
             ..Record::default()
         });
         records.len() - 1
-    };
+    });
     Job {
         shape,
         model: if model.is_empty() {
@@ -204,7 +203,7 @@ fn job(
         tps,
         ttft,
         faults,
-        index,
+        record,
     }
 }
 
@@ -215,7 +214,7 @@ fn stream(state: Arc<State>, job: Job) -> Response<SimBody> {
     tokio::spawn(async move {
         let (generated, completed) = produce(&state, &job, &tx).await;
         state.running.fetch_sub(1, Ordering::SeqCst);
-        finish(&state, job.index, generated, completed);
+        finish(&state, job.record, generated, completed);
     });
     event_stream(rx)
 }
@@ -362,11 +361,13 @@ fn count_prompt(shape: Shape, request: &Value) -> u64 {
         + 4 * items as u64
 }
 
-fn finish(state: &State, index: usize, generated: u64, completed: bool) {
+fn finish(state: &State, record: Option<usize>, generated: u64, completed: bool) {
     if completed {
         state.success.fetch_add(1, Ordering::SeqCst);
     }
-    if let Some(record) = lock(&state.records).get_mut(index) {
+    if let Some(index) = record
+        && let Some(record) = lock(&state.records).get_mut(index)
+    {
         record.generated = generated;
         record.completed = completed;
         record.aborted = !completed;
