@@ -303,4 +303,34 @@ mod tests {
         assert!(parse_duration("2").is_err());
         assert!(parse_duration("s").is_err());
     }
+
+    #[derive(clap::Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn config(extra: &[&str]) -> Result<Config, String> {
+        use clap::Parser as _;
+        let args = [
+            "sluice",
+            "--cgroup",
+            "/x",
+            "--proxy-addr",
+            "127.0.0.1:15001",
+        ];
+        let cmd = Cmd::try_parse_from(args.iter().chain(extra)).map_err(|e| e.to_string())?;
+        cmd.run.into_config().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn worker_threads_follow_the_cpus_unless_set() {
+        let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+        assert_eq!(config(&[]).map(|c| c.worker_threads), Ok(cpus));
+        assert_eq!(
+            config(&["--worker-threads", "3"]).map(|c| c.worker_threads),
+            Ok(3)
+        );
+        assert!(config(&["--worker-threads", "0"]).is_err());
+    }
 }

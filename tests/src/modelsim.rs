@@ -205,3 +205,42 @@ impl Drop for ModelSim {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::proxy::{CHAT, curl, json};
+
+    fn chat(sim: &ModelSim) {
+        let url = format!("http://{}/v1/chat/completions", sim.addr());
+        let r = curl(
+            &[
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                CHAT,
+                &url,
+            ],
+            None,
+        );
+        assert_eq!(r.status, 200, "{r:?}");
+        assert_eq!(json(&r.body)["usage"]["completion_tokens"], 5, "{}", r.body);
+    }
+
+    #[test]
+    fn a_simulator_that_keeps_no_records_still_serves_and_grows_by_nothing() {
+        let keeping = ModelSim::start(SimConfig::default());
+        chat(&keeping);
+        assert_eq!(keeping.records().len(), 1);
+        assert!(keeping.records()[0].completed);
+
+        let lean = ModelSim::start(SimConfig {
+            keep_records: false,
+            ..SimConfig::default()
+        });
+        chat(&lean);
+        chat(&lean);
+        assert_eq!(lean.records().len(), 0);
+        assert_eq!(lean.generated(), 10);
+    }
+}
