@@ -81,8 +81,9 @@ struct State {
     generated: AtomicU64,
     prompt: AtomicU64,
     success: AtomicU64,
-    /// Bytes written to each connection's socket, by the connection's remote address.
-    written: Mutex<HashMap<SocketAddr, Arc<AtomicU64>>>,
+    /// The bytes each connection's socket accepted, by the connection's remote address (kept
+    /// with the records only).
+    wire: Mutex<HashMap<SocketAddr, Arc<Mutex<Vec<u8>>>>>,
 }
 
 /// A running simulator; dropping it stops it.
@@ -171,11 +172,12 @@ impl ModelSim {
         self.state.max_running.load(Ordering::SeqCst)
     }
 
-    /// Bytes the simulator's socket accepted on the connection from `peer` (0 if unknown).
-    pub fn written(&self, peer: SocketAddr) -> u64 {
-        lock(&self.state.written)
+    /// The bytes the simulator's socket accepted on the connection from `peer`, in order (head
+    /// and chunk framing included; empty if unknown or without [`SimConfig::keep_records`]).
+    pub fn wire(&self, peer: SocketAddr) -> Vec<u8> {
+        lock(&self.state.wire)
             .get(&peer)
-            .map_or(0, |n| n.load(Ordering::SeqCst))
+            .map_or_else(Vec::new, |wire| lock(wire).clone())
     }
 
     /// Waits up to `timeout` until `done` holds for the records.

@@ -13,9 +13,12 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use prometheus::IntCounter;
-use tokio::time::{Instant, Sleep};
 
 use super::{account::Account, respond::Error};
+
+mod relay;
+
+pub use self::relay::{GATHER_MAX, RelayBody};
 
 /// Why a relayed body ended early; the client sees its connection closed (no clean end).
 #[derive(Debug, thiserror::Error)]
@@ -43,27 +46,6 @@ pub struct Counted<B> {
 pub enum ResponseBody {
     Full(Full<Bytes>),
     Relay(Box<RelayBody>),
-}
-
-/// An upstream response body on its way to the client.
-#[derive(Debug)]
-pub struct RelayBody {
-    /// Bytes read (and metered) before relaying began, sent first.
-    head: Option<Bytes>,
-    inner: Incoming,
-    idle: Duration,
-    sleep: Pin<Box<Sleep>>,
-    counter: IntCounter,
-    account: Option<Box<Account>>,
-    state: State,
-}
-
-#[derive(Debug)]
-enum State {
-    Streaming,
-    /// Ending: these bytes (held SSE bytes, an error event) go out, then the end.
-    Flush(Option<Bytes>),
-    Done,
 }
 
 /// How an upstream body stopped before its end.
@@ -156,15 +138,9 @@ impl ResponseBody {
         counter: IntCounter,
         account: Option<Box<Account>>,
     ) -> Self {
-        Self::Relay(Box::new(RelayBody {
-            head: (!head.is_empty()).then_some(head),
-            inner,
-            idle,
-            sleep: Box::pin(tokio::time::sleep(idle)),
-            counter,
-            account,
-            state: State::Streaming,
-        }))
+        Self::Relay(Box::new(RelayBody::new(
+            head, inner, idle, counter, account,
+        )))
     }
 }
 
@@ -187,9 +163,7 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full(full) => full.is_end_stream(),
-            ResponseBody::Relay(relay) => {
-                relay.head.is_none() && matches!(relay.state, State::Done)
-            }
+            ResponseBody::Relay(relay) => relay.is_end_stream(),
         }
     }
 
@@ -197,113 +171,13 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full(full) => full.size_hint(),
             // A body that may drop bytes (the usage-only chunk) has no known size.
-            ResponseBody::Relay(relay) if relay.account.as_ref().is_some_and(|a| a.may_drop()) => {
-                SizeHint::default()
-            }
-            ResponseBody::Relay(relay) => with_head(relay.inner.size_hint(), relay.head.as_ref()),
-        }
-    }
-}
-
-// === impl RelayBody ===
-
-impl RelayBody {
-    fn poll_relay(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        if let Some(head) = self.head.take() {
-            self.counter.inc_by(head.len() as u64);
-            return Poll::Ready(Some(Ok(Frame::data(head))));
-        }
-        loop {
-            match &mut self.state {
-                State::Done => return Poll::Ready(None),
-                State::Flush(tail) => {
-                    let tail = tail.take();
-                    self.state = State::Done;
-                    if let Some(tail) = tail.filter(|t| !t.is_empty()) {
-                        return Poll::Ready(Some(Ok(Frame::data(tail))));
-                    }
-                    continue;
-                }
-                State::Streaming => {}
-            }
-            let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
-                Poll::Pending => {
-                    if self.sleep.as_mut().poll(cx).is_ready() {
-                        let timeout = self.idle;
-                        return self.fail(Failure::IdleTimeout, BodyError::Idle { timeout });
-                    }
-                    return Poll::Pending;
-                }
-                Poll::Ready(None) => {
-                    let tail = self.account.as_mut().and_then(|a| a.finish());
-                    self.state = State::Flush(tail);
-                    continue;
-                }
-                Poll::Ready(Some(Err(source))) => {
-                    return self.fail(Failure::UpstreamReset, BodyError::Upstream { source });
-                }
-                Poll::Ready(Some(Ok(frame))) => frame,
-            };
-            self.sleep.as_mut().reset(Instant::now() + self.idle);
-            let data = match frame.into_data() {
-                Ok(data) => data,
-                Err(trailers) => return Poll::Ready(Some(Ok(trailers))),
-            };
-            let out = match self.account.as_mut() {
-                Some(account) => account.on_data(data),
-                None => data,
-            };
-            if self.inner.is_end_stream() {
-                // hyper stops polling a body once its declared length is out, so the end
-                // must be handled with the last bytes, not on a poll that may never come.
-                let tail = self.account.as_mut().and_then(|a| a.finish());
-                self.state = State::Flush(tail);
-            }
-            if out.is_empty() {
-                continue;
-            }
-            self.counter.inc_by(out.len() as u64);
-            return Poll::Ready(Some(Ok(Frame::data(out))));
-        }
-    }
-
-    /// Ends the body after an upstream failure: an SSE stream gets an error event and a clean
-    /// end (the account decides); anything else is cut, so the client cannot mistake it for
-    /// a whole response.
-    fn fail(
-        &mut self,
-        failure: Failure,
-        error: BodyError,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        tracing::debug!(error = %error, "upstream body ended early");
-        match self.account.as_mut().and_then(|a| a.fail(failure)) {
-            Some(tail) => {
-                self.state = State::Flush(Some(tail));
-                self.poll_flush()
-            }
-            None => {
-                self.state = State::Done;
-                Poll::Ready(Some(Err(error)))
-            }
-        }
-    }
-
-    fn poll_flush(&mut self) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match std::mem::replace(&mut self.state, State::Done) {
-            State::Flush(Some(tail)) if !tail.is_empty() => {
-                self.counter.inc_by(tail.len() as u64);
-                Poll::Ready(Some(Ok(Frame::data(tail))))
-            }
-            _ => Poll::Ready(None),
+            ResponseBody::Relay(relay) => relay.size_hint(),
         }
     }
 }
 
 /// A body's frames, gathered: the common case of one frame is kept without copying.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Gathered {
     first: Option<Bytes>,
     rest: Option<BytesMut>,

@@ -5,10 +5,7 @@ use std::{
     io,
     net::SocketAddr,
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Mutex},
     task::{Context, Poll},
 };
 
@@ -37,10 +34,10 @@ pub(super) enum SimBody {
     Stream(mpsc::Receiver<Result<Bytes, io::Error>>),
 }
 
-/// A connection's socket, counting the bytes the kernel accepted.
-struct Counting {
+/// A connection's socket, keeping the bytes the kernel accepted when records are kept.
+struct Recording {
     inner: TcpStream,
-    written: Arc<AtomicU64>,
+    wire: Option<Arc<Mutex<Vec<u8>>>>,
 }
 
 pub(super) async fn serve(
@@ -61,11 +58,14 @@ pub(super) async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let written = Arc::new(AtomicU64::new(0));
-        lock(&state.written).insert(peer, Arc::clone(&written));
-        let stream = Counting {
+        let wire = config.keep_records.then(|| {
+            let wire = Arc::default();
+            lock(&state.wire).insert(peer, Arc::clone(&wire));
+            wire
+        });
+        let stream = Recording {
             inner: stream,
-            written,
+            wire,
         };
         let (config, state, server) =
             (Arc::clone(&config), Arc::clone(&state), Arc::clone(&server));
@@ -198,7 +198,7 @@ impl Body for SimBody {
 
 // === impl Counting ===
 
-impl AsyncRead for Counting {
+impl AsyncRead for Recording {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -208,7 +208,7 @@ impl AsyncRead for Counting {
     }
 }
 
-impl AsyncWrite for Counting {
+impl AsyncWrite for Recording {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -216,8 +216,8 @@ impl AsyncWrite for Counting {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = &result {
-            this.written.fetch_add(*n as u64, Ordering::SeqCst);
+        if let (Poll::Ready(Ok(n)), Some(wire)) = (&result, &this.wire) {
+            lock(wire).extend_from_slice(&buf[..*n]);
         }
         result
     }
@@ -229,8 +229,14 @@ impl AsyncWrite for Counting {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &result {
-            this.written.fetch_add(*n as u64, Ordering::SeqCst);
+        if let (Poll::Ready(Ok(n)), Some(wire)) = (&result, &this.wire) {
+            let mut wire = lock(wire);
+            let mut left = *n;
+            for buf in bufs {
+                let take = left.min(buf.len());
+                wire.extend_from_slice(&buf[..take]);
+                left -= take;
+            }
         }
         result
     }

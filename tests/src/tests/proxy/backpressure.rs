@@ -1,10 +1,13 @@
 //! A client that stops reading holds at most a small fixed buffer per stream in the proxy.
 //!
-//! Measured, not timed: for each stalled stream, the bytes the proxy process holds are the
-//! bytes the simulator's socket accepted, less what still sits in the kernel on the way in
-//! (the simulator's send queue, the proxy's upstream receive queue), less what the proxy has
-//! written on the way out (its downstream send queue and the client's receive queue: the
-//! client reads nothing). The kernel's queues come from `/proc/net/tcp`, per socket.
+//! Measured, not timed: for each stalled stream, the body bytes the proxy process holds are the
+//! body bytes in what it read from the simulator's socket, less the body bytes in what it wrote
+//! to the client's. What it read is the simulator's output less what still sits in the kernel
+//! (the simulator's send queue, the proxy's upstream receive queue); what it wrote is what the
+//! kernel holds on the way out (its downstream send queue and the client's receive queue: the
+//! client has read nothing), read back afterwards. The kernel's queues come from
+//! `/proc/net/tcp`, per socket. Body bytes, not wire bytes: the relay gathers a burst of
+//! upstream chunks into one, so the chunk framing on the two legs differs.
 
 use std::{
     collections::HashMap,
@@ -12,7 +15,11 @@ use std::{
     time::Duration,
 };
 
-use tokio::{io::AsyncWriteExt as _, net::TcpSocket};
+use sluice::proxy::body::GATHER_MAX;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpSocket,
+};
 
 use super::CHAT_STREAM;
 use crate::{
@@ -56,10 +63,11 @@ async fn a_stalled_stream_holds_a_small_fixed_buffer_in_the_proxy() {
     let config = test_config();
     // What the configuration allows per stream: hyper's read buffer on the upstream
     // connection and its write buffer on the client's (each capped at `max_buf_size`, which
-    // the proxy sets from `max_header_bytes`), plus one relayed chunk in each and the SSE
-    // scanner's held partial event (one ~200-byte event here).
+    // the proxy sets from `max_header_bytes`), one gathered burst past the write buffer's cap,
+    // plus one relayed chunk in each and the SSE scanner's held partial event (one ~200-byte
+    // event here).
     let hyper_buf = config.max_header_bytes.max(8192) as u64;
-    let bound = 2 * hyper_buf + 16 * 1024;
+    let bound = 2 * hyper_buf + GATHER_MAX as u64 + 16 * 1024;
     let proxy = TestProxy::start(config, sim.addr());
     let body = CHAT_STREAM.replace(r#""max_tokens":5"#, r#""max_tokens":1000000"#);
     let request = format!(
@@ -115,27 +123,34 @@ async fn a_stalled_stream_holds_a_small_fixed_buffer_in_the_proxy() {
             .get(&(local, remote))
             .unwrap_or_else(|| panic!("no socket {local} -> {remote}"))
     };
-    // Per upstream connection: what the proxy read from it.
+    // Per upstream connection: the body bytes in what the proxy read from it.
     let mut read_from_upstream = 0u64;
     for record in sim.records() {
         let peer = record.peer.unwrap_or_else(|| panic!("{record:?}"));
-        let written = sim.written(peer);
+        let wire = sim.wire(peer);
         let (sim_tx, _) = q(sim.addr(), peer);
         let (_, proxy_rx) = q(peer, sim.addr());
-        read_from_upstream += written - sim_tx - proxy_rx;
+        let read = wire.len() as u64 - sim_tx - proxy_rx;
+        read_from_upstream += body_bytes(&wire[..read as usize]);
     }
-    // Per client connection: what the proxy wrote to it.
+    // Per client connection: the body bytes in what the proxy wrote to it, read back now (the
+    // first bytes the client reads are exactly those).
     let mut written_downstream = 0u64;
-    for client in &clients {
+    for client in &mut clients {
         let client_addr = client.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let (proxy_tx, _) = q(proxy.addr, client_addr);
         let (_, client_rx) = q(client_addr, proxy.addr);
-        written_downstream += proxy_tx + client_rx;
+        let mut wire = vec![0; (proxy_tx + client_rx) as usize];
+        tokio::time::timeout(Duration::from_secs(20), client.read_exact(&mut wire))
+            .await
+            .unwrap_or_else(|_| panic!("reading back what the proxy wrote timed out"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        written_downstream += body_bytes(&wire);
     }
     let held = read_from_upstream.saturating_sub(written_downstream);
     let per_stream = held / STREAMS as u64;
     eprintln!(
-        "backpressure: {STREAMS} stalled streams, {last} tokens generated; proxy read {read_from_upstream} B, wrote {written_downstream} B, holds {held} B ({per_stream} B per stream; bound {bound} B)"
+        "backpressure: {STREAMS} stalled streams, {last} tokens generated; proxy read {read_from_upstream} B of body, wrote {written_downstream} B, holds {held} B ({per_stream} B per stream; bound {bound} B)"
     );
     assert!(
         held <= bound * STREAMS as u64,
@@ -199,4 +214,36 @@ async fn a_client_that_never_reads_again_is_cut_and_settled() {
         1.0
     );
     drop(stalled);
+}
+
+/// The body bytes in `wire`, the first bytes of a chunked HTTP/1.1 response: what follows the
+/// head, less the chunk framing. `wire` may end anywhere, mid-chunk included.
+fn body_bytes(wire: &[u8]) -> u64 {
+    let Some(head_end) = wire.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return 0;
+    };
+    let head = String::from_utf8_lossy(&wire[..head_end]).to_ascii_lowercase();
+    assert!(
+        head.contains("transfer-encoding: chunked"),
+        "a stream answered without chunked framing: {head}"
+    );
+    let mut rest = &wire[head_end + 4..];
+    let mut body = 0u64;
+    loop {
+        let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return body;
+        };
+        let line = std::str::from_utf8(&rest[..line_end]).unwrap_or_else(|e| panic!("{e}"));
+        let size = line.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size, 16).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        if size == 0 {
+            return body;
+        }
+        rest = &rest[line_end + 2..];
+        if rest.len() <= size {
+            return body + rest.len() as u64;
+        }
+        body += size as u64;
+        rest = rest.get(size + 2..).unwrap_or_default();
+    }
 }
