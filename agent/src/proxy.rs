@@ -324,6 +324,7 @@ impl Proxy {
         );
         Some(http::ConnInfo {
             peer,
+            hop: hop::ConnHop::new(interception.original_dst, peer),
             interception,
             identity,
             self_call,

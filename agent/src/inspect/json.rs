@@ -11,20 +11,19 @@ use std::{borrow::Cow, cell::Cell, collections::HashSet, fmt, ops::Range};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value, value::RawValue};
 
-/// The top-level object of a body: keys in order, each with its parsed value and byte span.
+/// The top-level object of a body: keys in order, each with its parsed value.
 #[derive(Debug)]
-pub struct Document {
+pub struct Document<'a> {
     pub fields: Vec<Field>,
     /// Byte offset of the closing `}` of the top-level object.
     pub end: usize,
+    text: &'a str,
 }
 
 #[derive(Debug)]
 pub struct Field {
     pub key: String,
     pub value: Value,
-    /// Where the value's text is in the body.
-    pub span: Range<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,44 +47,43 @@ enum Violation {
     Depth,
 }
 
-/// Parses `body` as exactly one JSON object, strictly. `max_depth` counts the top-level object
-/// as 1.
-pub fn parse(body: &[u8], max_depth: usize) -> Result<Document, Error> {
+/// Parses `body` as exactly one JSON object, strictly, in one pass. `max_depth` counts the
+/// top-level object as 1.
+pub fn parse(body: &[u8], max_depth: usize) -> Result<Document<'_>, Error> {
     let text = std::str::from_utf8(body).map_err(|_| Error::Utf8)?;
     let violation = Cell::new(None);
     let top = Top {
+        max_depth,
         violation: &violation,
     };
     let mut de = serde_json::Deserializer::from_str(text);
-    let result = de
+    let fields = de
         .deserialize_map(top)
-        .and_then(|raw| de.end().map(|()| raw));
-    let raw = match result {
-        Ok(raw) => raw,
-        Err(e) => return Err(classify(e, violation.take(), max_depth)),
-    };
-    let base = text.as_ptr() as usize;
-    let mut fields = Vec::with_capacity(raw.len());
-    for (key, value) in raw {
-        let start = value.get().as_ptr() as usize - base;
-        let span = start..start + value.get().len();
-        let seed = Strict {
-            depth: 2,
-            max_depth,
-            violation: &violation,
-        };
-        let mut de = serde_json::Deserializer::from_str(value.get());
-        let value = seed
-            .deserialize(&mut de)
-            .map_err(|e| classify(e, violation.take(), max_depth))?;
-        fields.push(Field {
-            key: key.into_owned(),
-            value,
-            span,
-        });
-    }
+        .and_then(|fields| de.end().map(|()| fields))
+        .map_err(|e| classify(e, violation.take(), max_depth))?;
     let end = text.trim_end().len().saturating_sub(1);
-    Ok(Document { fields, end })
+    Ok(Document { fields, end, text })
+}
+
+// === impl Document ===
+
+impl Document<'_> {
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.fields.iter().find(|f| f.key == key).map(|f| &f.value)
+    }
+
+    /// Where the value of the top-level `key` is in the body. A second pass over the body
+    /// (serde_json gives no offsets while it builds values), so it is made only when a caller
+    /// splices one: a stream whose `stream_options` must be rewritten.
+    pub fn span(&self, key: &str) -> Option<Range<usize>> {
+        let mut de = serde_json::Deserializer::from_str(self.text);
+        let raw = de.deserialize_map(Spans).ok()?;
+        let base = self.text.as_ptr() as usize;
+        raw.into_iter().find(|(k, _)| k.0 == key).map(|(_, value)| {
+            let start = value.get().as_ptr() as usize - base;
+            start..start + value.get().len()
+        })
+    }
 }
 
 fn classify(e: serde_json::Error, violation: Option<Violation>, max_depth: usize) -> Error {
@@ -110,8 +108,6 @@ fn shown(key: &str) -> String {
         None => key.to_owned(),
     }
 }
-
-type TopFields<'a> = Vec<(Cow<'a, str>, &'a RawValue)>;
 
 /// Past this many top-level keys, duplicates are found with a set rather than a scan.
 const LINEAR_SCAN_MAX: usize = 32;
@@ -143,35 +139,64 @@ impl<'de> Visitor<'de> for KeyVisitor {
     }
 }
 
+/// The top-level object, each value built strictly; keys in order.
 struct Top<'v> {
+    max_depth: usize,
     violation: &'v Cell<Option<Violation>>,
 }
 
 impl<'de> Visitor<'de> for Top<'_> {
-    type Value = TopFields<'de>;
+    type Value = Vec<Field>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON object")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut fields: TopFields<'de> = Vec::with_capacity(16);
-        let mut seen: HashSet<Cow<'de, str>> = HashSet::new();
+        let mut fields: Vec<Field> = Vec::with_capacity(16);
+        let mut seen: HashSet<String> = HashSet::new();
+        let value = Strict {
+            depth: 2,
+            max_depth: self.max_depth,
+            violation: self.violation,
+        };
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let duplicate = if fields.len() < LINEAR_SCAN_MAX {
-                fields.iter().any(|(k, _)| *k == key)
+                fields.iter().any(|f| f.key == key)
             } else {
                 if seen.is_empty() {
-                    seen.extend(fields.iter().map(|(k, _)| k.clone()));
+                    seen.extend(fields.iter().map(|f| f.key.clone()));
                 }
-                !seen.insert(key.clone())
+                !seen.insert(key.clone().into_owned())
             };
             if duplicate {
                 self.violation.set(Some(Violation::Duplicate(shown(&key))));
                 return Err(de::Error::custom("duplicate key"));
             }
-            let value: &'de RawValue = map.next_value()?;
-            fields.push((key, value));
+            let value = map.next_value_seed(value)?;
+            fields.push(Field {
+                key: key.into_owned(),
+                value,
+            });
+        }
+        Ok(fields)
+    }
+}
+
+/// The top-level object's values as raw text (the body is already known to be strict JSON).
+struct Spans;
+
+impl<'de> Visitor<'de> for Spans {
+    type Value = Vec<(Key<'de>, &'de RawValue)>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = Vec::with_capacity(16);
+        while let Some(entry) = map.next_entry()? {
+            fields.push(entry);
         }
         Ok(fields)
     }

@@ -4,11 +4,7 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
-use super::{
-    Error,
-    json::{Document, Field},
-    tokens::Encoding,
-};
+use super::{Error, json::Document, tokens::Encoding};
 use crate::admission::{Api, PromptTokens};
 
 /// What sluice needs from an inference request body. Built once, from one parse.
@@ -88,20 +84,19 @@ impl InferenceRequest {
 
     pub(super) fn from_document(
         api: Api,
-        doc: &Document,
+        doc: &Document<'_>,
         fallback: Encoding,
     ) -> Result<Self, Error> {
-        let get = |key: &str| doc.fields.iter().find(|f| f.key == key);
-        let model = match get("model").map(|f| &f.value) {
+        let get = |key: &str| doc.get(key);
+        let model = match get("model") {
             Some(Value::String(m)) if !m.is_empty() => m.clone(),
             Some(Value::String(_)) | None => return Err(Error::field("model", "is required")),
             Some(_) => return Err(Error::field("model", "must be a string")),
         };
         let stream = opt_bool(get("stream"), "stream")?.unwrap_or(false);
-        let (include_usage, usage_splice) =
-            stream_options(api, stream, get("stream_options"), doc.end)?;
+        let (include_usage, usage_splice) = stream_options(api, stream, doc)?;
         let max_output_tokens = max_output(api, &get)?;
-        let user = match get("user").map(|f| &f.value) {
+        let user = match get("user") {
             Some(Value::String(u)) => Some(u.clone()),
             Some(Value::Null) | None => None,
             Some(_) => return Err(Error::field("user", "must be a string")),
@@ -111,8 +106,8 @@ impl InferenceRequest {
             ..Prompt::default()
         };
         for key in text_fields(api) {
-            if let Some(field) = get(key) {
-                prompt.collect(&field.value, false);
+            if let Some(value) = get(key) {
+                prompt.collect(value, false);
             }
         }
         Ok(Self {
@@ -128,16 +123,16 @@ impl InferenceRequest {
     }
 }
 
-fn opt_bool(field: Option<&Field>, name: &'static str) -> Result<Option<bool>, Error> {
-    match field.map(|f| &f.value) {
+fn opt_bool(value: Option<&Value>, name: &'static str) -> Result<Option<bool>, Error> {
+    match value {
         Some(Value::Bool(b)) => Ok(Some(*b)),
         Some(Value::Null) | None => Ok(None),
         Some(_) => Err(Error::field(name, "must be a boolean")),
     }
 }
 
-fn opt_count(field: Option<&Field>, name: &'static str) -> Result<Option<u64>, Error> {
-    match field.map(|f| &f.value) {
+fn opt_count(value: Option<&Value>, name: &'static str) -> Result<Option<u64>, Error> {
+    match value {
         Some(Value::Null) | None => Ok(None),
         Some(Value::Number(n)) => n
             .as_u64()
@@ -152,28 +147,22 @@ fn opt_count(field: Option<&Field>, name: &'static str) -> Result<Option<u64>, E
 fn stream_options(
     api: Api,
     stream: bool,
-    field: Option<&Field>,
-    end: usize,
+    doc: &Document<'_>,
 ) -> Result<(bool, Option<UsageSplice>), Error> {
+    const KEY: &str = "stream_options";
     let asks = matches!(api, Api::ChatCompletions | Api::Completions) && stream;
-    let (include, splice) = match field {
-        None => (false, asks.then_some(UsageSplice::Insert { at: end })),
-        Some(Field {
-            value: Value::Null,
-            span,
-            ..
-        }) => (
+    let replace = |value: String| {
+        doc.span(KEY)
+            .map(|span| UsageSplice::Replace { span, value })
+    };
+    let (include, splice) = match doc.get(KEY) {
+        None => (false, asks.then_some(UsageSplice::Insert { at: doc.end })),
+        Some(Value::Null) => (
             false,
-            asks.then(|| UsageSplice::Replace {
-                span: span.clone(),
-                value: r#"{"include_usage":true}"#.to_owned(),
-            }),
+            asks.then(|| replace(r#"{"include_usage":true}"#.to_owned()))
+                .flatten(),
         ),
-        Some(Field {
-            value: Value::Object(options),
-            span,
-            ..
-        }) => {
+        Some(Value::Object(options)) => {
             let include = match options.get("include_usage") {
                 Some(Value::Bool(b)) => *b,
                 Some(Value::Null) | None => false,
@@ -184,16 +173,16 @@ fn stream_options(
                     ));
                 }
             };
-            let splice = (asks && !include).then(|| {
-                // Re-serialising one small object keeps its keys (serde_json's map is sorted,
-                // which is harmless inside `stream_options`); the rest of the body is untouched.
-                let mut options = options.clone();
-                options.insert("include_usage".to_owned(), Value::Bool(true));
-                UsageSplice::Replace {
-                    span: span.clone(),
-                    value: Value::Object(options).to_string(),
-                }
-            });
+            let splice = (asks && !include)
+                .then(|| {
+                    // Re-serialising one small object keeps its keys (serde_json's map is
+                    // sorted, which is harmless inside `stream_options`); the rest of the body
+                    // is untouched.
+                    let mut options = options.clone();
+                    options.insert("include_usage".to_owned(), Value::Bool(true));
+                    replace(Value::Object(options).to_string())
+                })
+                .flatten();
             (include, splice)
         }
         Some(_) => return Err(Error::field("stream_options", "must be an object")),
@@ -203,7 +192,7 @@ fn stream_options(
 
 fn max_output<'a>(
     api: Api,
-    get: &impl Fn(&str) -> Option<&'a Field>,
+    get: &impl Fn(&str) -> Option<&'a Value>,
 ) -> Result<Option<u64>, Error> {
     let cap = match api {
         Api::ChatCompletions => {

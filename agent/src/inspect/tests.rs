@@ -239,6 +239,11 @@ fn include_usage_is_spliced_without_moving_anything_else() {
             r#"{"model":"m","stream":true,"stream_options":{"continuous_usage_stats":false}}"#,
             r#"{"model":"m","stream":true,"stream_options":{"continuous_usage_stats":false,"include_usage":true}}"#,
         ),
+        // The span is found by the key's meaning (an escaped key), whitespace kept around it.
+        (
+            r#"{"model":"m", "stream":true, "stream_\u006fptions" : { } , "a":"}"}"#,
+            r#"{"model":"m", "stream":true, "stream_\u006fptions" : {"include_usage":true} , "a":"}"}"#,
+        ),
     ] {
         let (_, out) = injected(body);
         assert_eq!(out, expect);

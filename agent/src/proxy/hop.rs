@@ -27,26 +27,57 @@ const INTERNAL_PREFIX: &str = "x-sluice-";
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// What a connection's requests carry across the hop, formatted once per connection: the
+/// original destination as a URI authority and the client's address for `x-forwarded-for`.
+#[derive(Debug)]
+pub struct ConnHop {
+    original_dst: SocketAddr,
+    authority: Option<Authority>,
+    forwarded_for: Option<HeaderValue>,
+}
+
+impl ConnHop {
+    pub fn new(original_dst: SocketAddr, peer: SocketAddr) -> Self {
+        Self {
+            original_dst,
+            authority: authority(original_dst),
+            // An IP address always makes a valid header value.
+            forwarded_for: HeaderValue::from_str(&peer.ip().to_string()).ok(),
+        }
+    }
+
+    /// `dst` as a URI authority (routing may pick another upstream than the original).
+    fn authority(&self, dst: SocketAddr) -> Option<Authority> {
+        if dst == self.original_dst {
+            self.authority.clone()
+        } else {
+            authority(dst)
+        }
+    }
+}
+
+fn authority(dst: SocketAddr) -> Option<Authority> {
+    Authority::try_from(dst.to_string()).ok()
+}
+
 /// Points a request at `dst` over HTTP/1.1, removes what must not cross the hop, and states
 /// who the client is.
-pub(super) fn prepare_upstream(
-    parts: &mut http::request::Parts,
-    dst: SocketAddr,
-    peer: SocketAddr,
-) {
+pub(super) fn prepare_upstream(parts: &mut http::request::Parts, dst: SocketAddr, hop: &ConnHop) {
+    let authority = hop.authority(dst);
     // HTTP/2 carries the host in `:authority`; HTTP/1.1 upstream needs it as `Host`.
     if !parts.headers.contains_key(header::HOST) {
-        let host = parts.uri.authority().map_or_else(
-            || HeaderValue::from_str(&dst.to_string()),
-            |a| HeaderValue::from_str(a.as_str()),
-        );
-        if let Ok(host) = host {
+        let host = parts
+            .uri
+            .authority()
+            .or(authority.as_ref())
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        if let Some(host) = host {
             parts.headers.insert(header::HOST, host);
         }
     }
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(Scheme::HTTP);
-    uri.authority = Authority::try_from(dst.to_string()).ok();
+    uri.authority = authority;
     uri.path_and_query = Some(
         parts
             .uri
@@ -60,7 +91,7 @@ pub(super) fn prepare_upstream(
     parts.version = Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     strip_internal(&mut parts.headers);
-    set_forwarded_for(&mut parts.headers, peer);
+    set_forwarded_for(&mut parts.headers, hop.forwarded_for.clone());
 }
 
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -92,12 +123,11 @@ fn strip_internal(headers: &mut HeaderMap) {
 /// which sluice sets to the address it accepted the connection from. Whatever the pod claimed
 /// (`x-forwarded-for`, `forwarded`, `x-real-ip`) is dropped: the pod is the first hop sluice
 /// can vouch for, and identity never comes from headers a client writes.
-fn set_forwarded_for(headers: &mut HeaderMap, peer: SocketAddr) {
+fn set_forwarded_for(headers: &mut HeaderMap, peer: Option<HeaderValue>) {
     headers.remove(header::FORWARDED);
     headers.remove(X_REAL_IP);
     headers.remove(X_FORWARDED_FOR);
-    // An IP address always makes a valid header value.
-    if let Ok(value) = HeaderValue::from_str(&peer.ip().to_string()) {
+    if let Some(value) = peer {
         headers.insert(X_FORWARDED_FOR, value);
     }
 }

@@ -13,7 +13,7 @@ use super::{
     Shared,
     account::Account,
     body::{Counted, ResponseBody},
-    hop::prepare_upstream,
+    hop::{ConnHop, prepare_upstream},
     oversize::{self, Read},
     policy::ConnPolicy,
     relay,
@@ -42,6 +42,7 @@ pub struct ConnInfo {
     pub self_call: bool,
     /// The traffic policy's decision for this connection's requests.
     pub policy: ConnPolicy,
+    pub hop: ConnHop,
 }
 
 /// A request that failed, with the rate-limit headers of its admission when it got that far
@@ -106,7 +107,7 @@ async fn passthrough(
 ) -> Result<Response<ResponseBody>, Error> {
     let dst = conn.interception.original_dst;
     let (mut parts, body) = request.into_parts();
-    prepare_upstream(&mut parts, dst, conn.peer);
+    prepare_upstream(&mut parts, dst, &conn.hop);
     let body = Counted::new(body, shared.bytes_upstream.clone());
     let request = Request::from_parts(parts, Either::Left(body));
     let response = shared.upstream.send(dst, request).await?;
@@ -185,7 +186,7 @@ async fn inference(
     let rate_headers = ticket.headers().clone();
 
     let body = inspect::with_usage_requested(&parsed, body);
-    prepare_upstream(&mut parts, dst, conn.peer);
+    prepare_upstream(&mut parts, dst, &conn.hop);
     // The whole body is read (and `100 Continue` answered) here: the upstream gets it at
     // once, with nothing left to expect.
     parts.headers.remove(header::EXPECT);

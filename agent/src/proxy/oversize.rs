@@ -138,7 +138,7 @@ pub async fn forward(
         })
         .map_err(Error::RateLimited)?;
     let rate_headers = ticket.headers().clone();
-    prepare_upstream(&mut parts, dst, conn.peer);
+    prepare_upstream(&mut parts, dst, &conn.hop);
     // The head was read before routing, so the client already had its 100-continue.
     parts.headers.remove(http::header::EXPECT);
     let body = Counted::with_head(head, rest, shared.bytes_upstream.clone());

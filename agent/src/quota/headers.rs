@@ -76,28 +76,37 @@ impl Tightest {
 /// A duration in OpenAI's header format, which is Go's `time.Duration` string at millisecond
 /// precision: `20ms`, `1s`, `8.64s`, `6m0s`, `1h0m0s`, `0s`.
 pub fn duration(d: Duration) -> String {
+    use std::fmt::Write as _;
     let ms = d.as_millis();
-    if ms == 0 {
-        return "0s".to_owned();
-    }
+    let mut out = String::with_capacity(16);
+    // Writing to a String cannot fail.
     if ms < 1000 {
-        return format!("{ms}ms");
+        let _ = if ms == 0 {
+            write!(out, "0s")
+        } else {
+            write!(out, "{ms}ms")
+        };
+        return out;
     }
     let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
     let (m, rest) = (rest / 60_000, rest % 60_000);
-    let (s, frac) = (rest / 1000, rest % 1000);
-    let mut out = String::new();
+    let (s, mut frac) = (rest / 1000, rest % 1000);
     if h > 0 {
-        out.push_str(&format!("{h}h"));
+        let _ = write!(out, "{h}h");
     }
     if h > 0 || m > 0 {
-        out.push_str(&format!("{m}m"));
+        let _ = write!(out, "{m}m");
     }
     if frac == 0 {
-        out.push_str(&format!("{s}s"));
+        let _ = write!(out, "{s}s");
     } else {
-        let frac = format!("{frac:03}");
-        out.push_str(&format!("{s}.{}s", frac.trim_end_matches('0')));
+        // Milliseconds as a decimal fraction without trailing zeros: 400 -> .4, 5 -> .005.
+        let mut digits = 3;
+        while frac % 10 == 0 {
+            frac /= 10;
+            digits -= 1;
+        }
+        let _ = write!(out, "{s}.{frac:0digits$}s");
     }
     out
 }
