@@ -296,16 +296,23 @@ impl Proxy {
     /// Recovers the connection's interception; `None` (refused and counted) when there is none
     /// to recover: the proxy never guesses a destination.
     fn identify(&self, stream: &TcpStream, peer: SocketAddr) -> Option<http::ConnInfo> {
-        let Ok(local) = stream.local_addr() else {
-            self.refuse("socket_error");
-            return None;
+        // A listener bound to one address names the local end of everything it accepts.
+        let listen = self.local_addr();
+        let local = if listen.ip().is_unspecified() {
+            let Ok(local) = stream.local_addr() else {
+                self.refuse("socket_error");
+                return None;
+            };
+            local
+        } else {
+            listen
         };
         let Some(interception) = self.deps.interception.lookup(peer, local) else {
             debug!(%peer, %local, "no original destination recorded: refusing connection");
             self.refuse("no_original_destination");
             return None;
         };
-        let _ = stream.set_nodelay(true);
+        // TCP_NODELAY comes from the listener: Linux copies it into every accepted socket.
         let self_call = interception.original_dst == local
             || self.shared.self_addrs.contains(&interception.original_dst);
         if self_call {
@@ -412,4 +419,25 @@ fn server_builder(config: &Config) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
         .keep_alive_interval(Duration::from_secs(30));
     builder
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use super::listen;
+
+    /// The proxy sets TCP_NODELAY on its listener only; the client leg relies on the kernel
+    /// copying it into each accepted socket.
+    #[tokio::test]
+    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let listener = listen(any, None).unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let client = tokio::net::TcpStream::connect(addr);
+        let (accepted, client) = tokio::join!(listener.accept(), client);
+        let (accepted, _) = accepted.unwrap_or_else(|e| panic!("{e}"));
+        assert!(accepted.nodelay().unwrap_or(false));
+        drop(client);
+    }
 }

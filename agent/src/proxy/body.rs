@@ -1,6 +1,6 @@
-//! Bodies: the size- and time-limited read of an inference request, and the response body that
-//! relays upstream frames as they arrive, under a per-chunk idle timeout, through the metering
-//! [`Account`] when there is one.
+//! Bodies: the size- and time-limited read of an inference request, the read-ahead of a small
+//! answer, and the response body: a whole answer, or [`RelayBody`] relaying upstream frames as
+//! they arrive.
 
 use std::{
     pin::Pin,
@@ -14,7 +14,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use prometheus::IntCounter;
 
-use super::{account::Account, respond::Error};
+use super::respond::Error;
 
 mod relay;
 
@@ -119,28 +119,6 @@ fn with_head(rest: SizeHint, head: Option<&Bytes>) -> SizeHint {
 impl ResponseBody {
     pub fn full(bytes: Bytes) -> Self {
         Self::Full(Full::new(bytes))
-    }
-
-    pub fn relay(
-        inner: Incoming,
-        idle: Duration,
-        counter: IntCounter,
-        account: Option<Box<Account>>,
-    ) -> Self {
-        Self::relay_with_head(Bytes::new(), inner, idle, counter, account)
-    }
-
-    /// As [`Self::relay`], with `head` (already metered) going out first.
-    pub fn relay_with_head(
-        head: Bytes,
-        inner: Incoming,
-        idle: Duration,
-        counter: IntCounter,
-        account: Option<Box<Account>>,
-    ) -> Self {
-        Self::Relay(Box::new(RelayBody::new(
-            head, inner, idle, counter, account,
-        )))
     }
 }
 

@@ -4,13 +4,14 @@
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
 use http::{HeaderValue, Response, header};
 use hyper::body::Incoming;
 
 use super::{
     Shared,
     account::{Account, ResponseKind},
-    body::{self, Failure, ReadAhead, ResponseBody},
+    body::{self, Failure, ReadAhead, RelayBody, ResponseBody},
     hop::strip_hop_by_hop,
     http::content_length,
     respond::Error,
@@ -67,7 +68,8 @@ pub(super) fn relay(
         // Metering drops the usage-only chunk, so the length changes: re-frame.
         parts.headers.remove(header::CONTENT_LENGTH);
     }
-    let body = ResponseBody::relay(
+    let body = RelayBody::response(
+        Bytes::new(),
         body,
         shared.config.stream_idle_timeout,
         shared.bytes_downstream.clone(),
@@ -112,7 +114,7 @@ async fn relay_whole(
         Ok(ReadAhead::Partial { head, rest }) => {
             let head = account.on_data(head);
             let counter = shared.bytes_downstream.clone();
-            ResponseBody::relay_with_head(head, rest, idle, counter, Some(account))
+            RelayBody::response(head, rest, idle, counter, Some(account))
         }
         Err(failure) => {
             account.fail(failure);

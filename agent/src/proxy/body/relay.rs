@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use prometheus::IntCounter;
 use tokio::time::{Instant, Sleep};
 
-use super::{BodyError, Failure, Gathered, with_head};
+use super::{BodyError, Failure, Gathered, ResponseBody, with_head};
 use crate::proxy::account::Account;
 
 /// Most bytes gathered before they go out regardless: the write-side buffer a relay adds.
@@ -74,14 +74,15 @@ enum Last {
 type Polled = Poll<Option<Result<Frame<Bytes>, BodyError>>>;
 
 impl RelayBody {
-    pub(super) fn new(
+    /// A response body relaying `inner`, after `head` (bytes already read and metered).
+    pub fn response(
         head: Bytes,
         inner: Incoming,
         idle: Duration,
         counter: IntCounter,
         account: Option<Box<Account>>,
-    ) -> Self {
-        Self {
+    ) -> ResponseBody {
+        ResponseBody::Relay(Box::new(Self {
             head: (!head.is_empty()).then_some(head),
             inner,
             idle,
@@ -91,7 +92,7 @@ impl RelayBody {
             held: Gathered::default(),
             quiet: 0,
             state: State::Streaming,
-        }
+        }))
     }
 
     pub(super) fn is_end_stream(&self) -> bool {

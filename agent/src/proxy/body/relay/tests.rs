@@ -2,9 +2,10 @@
 //! side is scripted: bursts leave as few frames, paced chunks each as their own, and nothing
 //! is lost or reordered either way.
 
-use std::time::Duration;
+use std::{pin::Pin, time::Duration};
 
 use bytes::{Bytes, BytesMut};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
@@ -78,7 +79,7 @@ async fn serve(mut far: DuplexStream, script: Vec<Step>) {
 
 /// Every frame the relay gives, and the error that ended it, if one did.
 async fn frames(inner: Incoming, counter: &IntCounter) -> (Vec<Bytes>, Option<String>) {
-    let mut body = RelayBody::new(
+    let mut body = RelayBody::response(
         Bytes::new(),
         inner,
         Duration::from_secs(5),
@@ -88,7 +89,7 @@ async fn frames(inner: Incoming, counter: &IntCounter) -> (Vec<Bytes>, Option<St
     let mut out = Vec::new();
     let next = async {
         loop {
-            match std::future::poll_fn(|cx| body.poll_relay(cx)).await {
+            match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
                 None => return None,
                 Some(Err(error)) => return Some(error.to_string()),
                 Some(Ok(frame)) => {
