@@ -3,10 +3,11 @@
 //!
 //! A burst is gathered into one frame. hyper's client hands a response over one chunk at a
 //! time (its body channel holds one), so an upstream that sent 200 SSE events in one segment
-//! would otherwise cost 200 task switches *and* 200 writes to the client, each waking it. The
-//! relay keeps what it has read while more keeps coming and writes it when a round of the
-//! scheduler brings nothing new: a burst costs one write, a paced stream's event waits one
-//! scheduler round (microseconds) and never for the next event.
+//! would otherwise cost 200 task switches *and* 200 writes to the client, each waking it. A
+//! chunk that follows the previous one closely is part of a burst: the relay keeps it and what
+//! follows, and writes when a round of the scheduler brings nothing new. A chunk after a pause
+//! (a paced stream's next token, the first one) goes out at once: gathering costs a burst one
+//! scheduler round and a paced stream nothing.
 
 use std::{
     pin::Pin,
@@ -30,6 +31,11 @@ pub const GATHER_MAX: usize = 16 * 1024;
 /// The buffer a second gathered chunk starts; it grows (doubling) up to past the maximum.
 const GATHER_EXPECTED: usize = 4 * 1024;
 
+/// A chunk that arrives within this of the previous one belongs to a burst. Token streams are
+/// paced in milliseconds (a fast model's tokens come 5 ms apart); a burst's chunks come
+/// microseconds apart, as fast as the upstream connection's task decodes them.
+const BURST_GAP: Duration = Duration::from_millis(1);
+
 /// Polls in a row without new bytes (the one that brought the last bytes counts) before held
 /// bytes go out. hyper's HTTP/1 dispatcher polls a pending body twice per task poll, so three
 /// means the task went round the scheduler once, where the upstream connection's task (woken
@@ -50,6 +56,10 @@ pub struct RelayBody {
     held: Gathered,
     /// Polls since bytes last arrived while some are held.
     quiet: u8,
+    /// When the last chunk arrived.
+    last_chunk: Option<Instant>,
+    /// The last chunk came within [`BURST_GAP`] of the one before: hold what is read.
+    burst: bool,
     state: State,
 }
 
@@ -91,6 +101,8 @@ impl RelayBody {
             account,
             held: Gathered::default(),
             quiet: 0,
+            last_chunk: None,
+            burst: false,
             state: State::Streaming,
         }))
     }
@@ -123,7 +135,7 @@ impl RelayBody {
             let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
                 Poll::Pending if self.held.len > 0 => {
                     self.quiet += 1;
-                    if self.quiet >= QUIET_POLLS {
+                    if !self.burst || self.quiet >= QUIET_POLLS {
                         return self.release();
                     }
                     // Let the upstream connection's task run: it may have the next chunk.
@@ -148,7 +160,12 @@ impl RelayBody {
                 }
                 Poll::Ready(Some(Ok(frame))) => frame,
             };
-            self.sleep.as_mut().reset(Instant::now() + self.idle);
+            let now = Instant::now();
+            self.sleep.as_mut().reset(now + self.idle);
+            self.burst = self
+                .last_chunk
+                .replace(now)
+                .is_some_and(|last| now - last < BURST_GAP);
             let data = match frame.into_trailers() {
                 Ok(trailers) => {
                     self.end(Last::Trailers(trailers));
