@@ -2,7 +2,15 @@
 //! side is scripted: bursts leave as few frames, paced chunks each as their own, and nothing
 //! is lost or reordered either way.
 
-use std::{pin::Pin, time::Duration};
+use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    task::{Context, Wake, Waker},
+    time::Duration,
+};
 
 use bytes::{Bytes, BytesMut};
 use http_body::Body as _;
@@ -77,8 +85,35 @@ async fn serve(mut far: DuplexStream, script: Vec<Step>) {
     let _ = far.read(&mut buf).await;
 }
 
-/// Every frame the relay gives, and the error that ended it, if one did.
-async fn frames(inner: Incoming, counter: &IntCounter) -> (Vec<Bytes>, Option<String>) {
+/// What the relay gave: every frame, the error that ended it if one did, and how many times it
+/// held bytes back for a scheduler round (woke its own task while returning `Pending`).
+struct Relayed {
+    frames: Vec<Bytes>,
+    error: Option<String>,
+    rounds_held: usize,
+}
+
+/// Counts the wakes that happen while the relay is being polled: those are its own.
+struct SelfWakes {
+    task: Waker,
+    during_poll: AtomicBool,
+    count: AtomicUsize,
+}
+
+impl Wake for SelfWakes {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.during_poll.load(Ordering::SeqCst) {
+            self.count.fetch_add(1, Ordering::SeqCst);
+        }
+        self.task.wake_by_ref();
+    }
+}
+
+async fn relay(inner: Incoming, counter: &IntCounter) -> Relayed {
     let mut body = RelayBody::response(
         Bytes::new(),
         inner,
@@ -86,15 +121,31 @@ async fn frames(inner: Incoming, counter: &IntCounter) -> (Vec<Bytes>, Option<St
         counter.clone(),
         None,
     );
-    let mut out = Vec::new();
+    let mut frames = Vec::new();
+    let mut rounds_held = 0;
     let next = async {
         loop {
-            match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+            let polled = std::future::poll_fn(|cx| {
+                let wakes = Arc::new(SelfWakes {
+                    task: cx.waker().clone(),
+                    during_poll: AtomicBool::new(true),
+                    count: AtomicUsize::new(0),
+                });
+                let waker = Waker::from(Arc::clone(&wakes));
+                let polled = Pin::new(&mut body).poll_frame(&mut Context::from_waker(&waker));
+                wakes.during_poll.store(false, Ordering::SeqCst);
+                if polled.is_pending() && wakes.count.load(Ordering::SeqCst) > 0 {
+                    rounds_held += 1;
+                }
+                polled
+            })
+            .await;
+            match polled {
                 None => return None,
                 Some(Err(error)) => return Some(error.to_string()),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        out.push(data);
+                        frames.push(data);
                     }
                 }
             }
@@ -103,7 +154,11 @@ async fn frames(inner: Incoming, counter: &IntCounter) -> (Vec<Bytes>, Option<St
     let error = tokio::time::timeout(Duration::from_secs(10), next)
         .await
         .unwrap_or_else(|_| panic!("the relay hung"));
-    (out, error)
+    Relayed {
+        frames,
+        error,
+        rounds_held,
+    }
 }
 
 fn concat(frames: &[Bytes]) -> Vec<u8> {
@@ -120,7 +175,11 @@ async fn a_burst_leaves_in_two_frames() {
     let mut wire: Vec<u8> = (0..200).flat_map(|i| chunk(&event(i))).collect();
     wire.extend_from_slice(b"0\r\n\r\n");
     let (inner, counter) = upstream(vec![Step::Write(wire)]).await;
-    let (got, error) = frames(inner, &counter).await;
+    let Relayed {
+        frames: got,
+        error,
+        rounds_held,
+    } = relay(inner, &counter).await;
     assert_eq!(error, None);
     assert_eq!(concat(&got), events, "every byte, in order");
     // The first chunk goes out at once (nothing says a burst follows); the 199 that follow it
@@ -128,6 +187,7 @@ async fn a_burst_leaves_in_two_frames() {
     let sizes: Vec<usize> = got.iter().map(Bytes::len).collect();
     assert_eq!(sizes.len(), 2, "frame sizes: {sizes:?}");
     assert_eq!(got[0], Bytes::from(event(0)));
+    assert!(rounds_held > 0, "the burst was held while it lasted");
     assert_eq!(counter.get(), events.len() as u64);
 }
 
@@ -140,12 +200,20 @@ async fn paced_chunks_each_leave_before_the_next_arrives() {
     }
     script.push(Step::Write(b"0\r\n\r\n".to_vec()));
     let (inner, counter) = upstream(script).await;
-    let (got, error) = frames(inner, &counter).await;
+    let Relayed {
+        frames: got,
+        error,
+        rounds_held,
+    } = relay(inner, &counter).await;
     assert_eq!(error, None);
     let expected: Vec<Bytes> = (0..5).map(|i| Bytes::from(event(i))).collect();
     assert_eq!(
         got, expected,
         "one frame per paced chunk, none held for the next"
+    );
+    assert_eq!(
+        rounds_held, 0,
+        "a chunk after a pause goes out in the poll that reads it"
     );
 }
 
@@ -156,7 +224,9 @@ async fn a_long_burst_is_cut_at_the_gather_limit() {
     let mut wire: Vec<u8> = (0..chunks).flat_map(|_| chunk(&piece)).collect();
     wire.extend_from_slice(b"0\r\n\r\n");
     let (inner, counter) = upstream(vec![Step::Write(wire)]).await;
-    let (got, error) = frames(inner, &counter).await;
+    let Relayed {
+        frames: got, error, ..
+    } = relay(inner, &counter).await;
     assert_eq!(error, None);
     assert_eq!(concat(&got).len(), chunks * piece.len());
     assert!(
@@ -171,7 +241,9 @@ async fn a_long_burst_is_cut_at_the_gather_limit() {
 async fn held_bytes_go_out_before_an_upstream_reset_cuts_the_body() {
     let wire: Vec<u8> = (0..3).flat_map(|i| chunk(&event(i))).collect();
     let (inner, counter) = upstream(vec![Step::Write(wire), Step::Reset]).await;
-    let (got, error) = frames(inner, &counter).await;
+    let Relayed {
+        frames: got, error, ..
+    } = relay(inner, &counter).await;
     let events: Vec<u8> = (0..3).flat_map(event).collect();
     assert_eq!(concat(&got), events);
     assert!(
