@@ -175,19 +175,19 @@ async fn a_burst_leaves_in_two_frames() {
     let mut wire: Vec<u8> = (0..200).flat_map(|i| chunk(&event(i))).collect();
     wire.extend_from_slice(b"0\r\n\r\n");
     let (inner, counter) = upstream(vec![Step::Write(wire)]).await;
-    let Relayed {
-        frames: got,
-        error,
-        rounds_held,
-    } = relay(inner, &counter).await;
-    assert_eq!(error, None);
-    assert_eq!(concat(&got), events, "every byte, in order");
+    let relayed = relay(inner, &counter).await;
+    let got = &relayed.frames;
+    assert_eq!(relayed.error, None);
+    assert_eq!(concat(got), events, "every byte, in order");
     // The first chunk goes out at once (nothing says a burst follows); the 199 that follow it
     // closely, ~12 bytes each, are gathered into one.
     let sizes: Vec<usize> = got.iter().map(Bytes::len).collect();
     assert_eq!(sizes.len(), 2, "frame sizes: {sizes:?}");
     assert_eq!(got[0], Bytes::from(event(0)));
-    assert!(rounds_held > 0, "the burst was held while it lasted");
+    assert!(
+        relayed.rounds_held > 0,
+        "the burst was held while it lasted"
+    );
     assert_eq!(counter.get(), events.len() as u64);
 }
 
@@ -200,19 +200,15 @@ async fn paced_chunks_each_leave_before_the_next_arrives() {
     }
     script.push(Step::Write(b"0\r\n\r\n".to_vec()));
     let (inner, counter) = upstream(script).await;
-    let Relayed {
-        frames: got,
-        error,
-        rounds_held,
-    } = relay(inner, &counter).await;
-    assert_eq!(error, None);
+    let relayed = relay(inner, &counter).await;
+    assert_eq!(relayed.error, None);
     let expected: Vec<Bytes> = (0..5).map(|i| Bytes::from(event(i))).collect();
     assert_eq!(
-        got, expected,
+        relayed.frames, expected,
         "one frame per paced chunk, none held for the next"
     );
     assert_eq!(
-        rounds_held, 0,
+        relayed.rounds_held, 0,
         "a chunk after a pause goes out in the poll that reads it"
     );
 }
