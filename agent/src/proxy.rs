@@ -12,12 +12,12 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::service::service_fn;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioExecutor, TokioIo},
     server::conn::auto,
 };
 use prometheus::IntCounter;
 use tokio::{
-    net::{TcpListener, TcpSocket, TcpStream},
+    net::{TcpListener, TcpStream},
     sync::{Semaphore, watch},
 };
 use tracing::{debug, info, warn};
@@ -27,7 +27,6 @@ use crate::{
     identity::{IdentitySource, InterceptionSource},
     inspect::{self, Encoding},
     policy::{NoPolicies, PolicySource},
-    socket,
 };
 
 pub mod account;
@@ -41,6 +40,7 @@ pub mod policy;
 pub mod relay;
 pub mod respond;
 pub mod route;
+mod server;
 pub mod upstream;
 
 pub use metrics::Metrics;
@@ -208,12 +208,12 @@ impl Proxy {
         metrics: Arc<Metrics>,
         admin: Option<SocketAddr>,
     ) -> Result<Self, Error> {
-        let listener = listen(config.listen, config.socket_mark)?;
+        let listener = server::listen(config.listen, config.socket_mark)?;
         let local = listener.local_addr().map_err(|source| Error::Bind {
             addr: config.listen,
             source,
         })?;
-        let server = Arc::new(server_builder(&config));
+        let server = Arc::new(server::server_builder(&config));
         let shared = Arc::new(Shared {
             upstream: upstream::Upstream::new(&config),
             bytes_upstream: metrics.bytes.with_label_values(&["upstream"]),
@@ -378,66 +378,4 @@ async fn serve_connection(
         debug!(%peer, %error, "connection ended with an error");
     }
     metrics.active_connections.dec();
-}
-
-fn listen(addr: SocketAddr, mark: Option<u32>) -> Result<TcpListener, Error> {
-    let bind = |source| Error::Bind { addr, source };
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4(),
-        SocketAddr::V6(_) => TcpSocket::new_v6(),
-    }
-    .map_err(bind)?;
-    socket.set_reuseaddr(true).map_err(bind)?;
-    if let Some(mark) = mark {
-        socket::set_mark(&socket, mark).map_err(|source| Error::Mark { mark, source })?;
-    }
-    socket.set_nodelay(true).map_err(bind)?;
-    socket.bind(addr).map_err(bind)?;
-    socket.listen(4096).map_err(bind)
-}
-
-fn server_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        // Without a timer hyper silently ignores header_read_timeout.
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
-        .max_headers(config.max_headers)
-        .max_buf_size(config.max_header_bytes.max(8192))
-        // No `pipeline_flush`: with it hyper drops its own 431/400 answers to bad heads.
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(config.h2_max_concurrent_streams)
-        // Set explicitly: hyper 1.2–1.5 passed the wrong value through (hyper#3782).
-        .max_pending_accept_reset_streams(config.h2_max_pending_accept_reset_streams)
-        .max_local_error_reset_streams(config.h2_max_local_error_reset_streams)
-        .initial_stream_window_size(config.h2_initial_stream_window)
-        .initial_connection_window_size(config.h2_initial_connection_window)
-        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
-        .keep_alive_interval(Duration::from_secs(30));
-    builder
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::SocketAddr;
-
-    use super::listen;
-
-    /// The proxy sets TCP_NODELAY on its listener only; the client leg relies on the kernel
-    /// copying it into each accepted socket.
-    #[tokio::test]
-    async fn accepted_sockets_inherit_nodelay_from_the_listener() {
-        let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        let listener = listen(any, None).unwrap_or_else(|e| panic!("{e}"));
-        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-        let client = tokio::net::TcpStream::connect(addr);
-        let (accepted, client) = tokio::join!(listener.accept(), client);
-        let (accepted, _) = accepted.unwrap_or_else(|e| panic!("{e}"));
-        assert!(accepted.nodelay().unwrap_or(false));
-        drop(client);
-    }
 }
