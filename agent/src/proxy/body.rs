@@ -99,13 +99,13 @@ impl<B: Body<Data = Bytes> + Unpin> Body for Counted<B> {
     }
 
     fn size_hint(&self) -> SizeHint {
-        with_head(self.inner.size_hint(), self.head.as_ref())
+        let head = self.head.as_ref().map_or(0, Bytes::len);
+        with_head(self.inner.size_hint(), head as u64)
     }
 }
 
-/// The size of `head` followed by a body of size `rest`.
-fn with_head(rest: SizeHint, head: Option<&Bytes>) -> SizeHint {
-    let head = head.map_or(0, |h| h.len() as u64);
+/// The size of `head` bytes followed by a body of size `rest`.
+fn with_head(rest: SizeHint, head: u64) -> SizeHint {
     let mut hint = SizeHint::new();
     hint.set_lower(rest.lower() + head);
     if let Some(upper) = rest.upper() {
@@ -148,7 +148,6 @@ impl Body for ResponseBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ResponseBody::Full(full) => full.size_hint(),
-            // A body that may drop bytes (the usage-only chunk) has no known size.
             ResponseBody::Relay(relay) => relay.size_hint(),
         }
     }

@@ -116,12 +116,8 @@ impl RelayBody {
             // A body that may drop bytes (the usage-only chunk) has no known size.
             return SizeHint::default();
         }
-        let mut hint = with_head(self.inner.size_hint(), self.head.as_ref());
-        hint.set_lower(hint.lower() + self.held.len as u64);
-        if let Some(upper) = hint.upper() {
-            hint.set_upper(upper + self.held.len as u64);
-        }
-        hint
+        let ahead = self.head.as_ref().map_or(0, Bytes::len) + self.held.len;
+        with_head(self.inner.size_hint(), ahead as u64)
     }
 
     pub(super) fn poll_relay(&mut self, cx: &mut Context<'_>) -> Polled {
