@@ -78,16 +78,14 @@ impl Tightest {
 pub fn duration(d: Duration) -> String {
     use std::fmt::Write as _;
     let ms = d.as_millis();
-    let mut out = String::with_capacity(16);
-    // Writing to a String cannot fail.
-    if ms < 1000 {
-        let _ = if ms == 0 {
-            write!(out, "0s")
-        } else {
-            write!(out, "{ms}ms")
-        };
-        return out;
+    if ms == 0 {
+        return "0s".to_owned();
     }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    // One buffer for the parts; writing to a String cannot fail.
+    let mut out = String::with_capacity(16);
     let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
     let (m, rest) = (rest / 60_000, rest % 60_000);
     let (s, mut frac) = (rest / 1000, rest % 1000);
