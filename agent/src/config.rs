@@ -282,10 +282,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// The CPUs this process may use (its affinity and cgroup quota), as Envoy's `--concurrency`.
 ///
 /// Fewer can pay on a small node, where the agent shares its cores with what it proxies. On 2
-/// cores shared with client and server, one thread against two: p50 added at 1000 req/s +73
-/// against +121 µs, time to first token +164 against +262 µs, 1 KB requests ×0.46 against
-/// ×0.42 of direct; but 256-token streams ×0.56 against ×0.77 and 64 KB prompts ×0.52
-/// against ×0.61, where one thread saturates. Streams matter more here, hence the default.
+/// cores shared with client and server, one thread against two: p50 added at 1000 req/s +82
+/// against +105 µs, time to first token +213 against +311 µs, and since bursts are gathered
+/// as good on streams (it saturated on them before). Two cores say little about a large node,
+/// where a small fixed number is the likelier answer; until one is measured, the CPUs.
 pub fn default_worker_threads() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }

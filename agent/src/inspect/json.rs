@@ -3,8 +3,8 @@
 //! `serde_json::Value` keeps the *last* of two equal keys (as Python backends do) while a
 //! first-wins reader would meter or filter another request, so a duplicate key at any depth is
 //! an error here; so is nesting past a bound (the stack is ours to protect) and anything that is
-//! not one JSON object. The top level keeps its order and each value's byte span, so a caller
-//! can splice the body without re-serialising it.
+//! not one JSON object. The top level keeps its order, and a top-level value's byte span is found
+//! on demand ([`Document::span`]), so a caller can splice the body without re-serialising it.
 
 use std::{borrow::Cow, cell::Cell, collections::HashSet, fmt, ops::Range};
 
