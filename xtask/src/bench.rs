@@ -17,6 +17,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::{cmd, setup};
 
+mod affinity;
 mod backend;
 mod bpfstats;
 mod cgroup;
@@ -90,6 +91,9 @@ pub fn run(opts: &Options) -> Result<()> {
     let sluice = build(&dirs, opts.sluice_bin.as_deref())?;
     let peers = peers::prepare(&dirs.bench, !opts.no_install);
     let plan = Plan::new(opts.quick);
+    let split = affinity::Cpus::of_this_process()
+        .map_err(|e| format!("{e:#}"))
+        .and_then(|cpus| affinity::Split::of(&cpus));
     let setup_s = started.elapsed().as_secs_f64();
 
     eprintln!(
@@ -113,6 +117,7 @@ pub fn run(opts: &Options) -> Result<()> {
         backends: &backends,
         peers: &peers,
         sluice,
+        split: split.clone(),
     };
     let path_reports = paths::run_all(&selected, &ctx)?;
     drop(backends);
@@ -126,6 +131,7 @@ pub fn run(opts: &Options) -> Result<()> {
             setup_s,
             measuring.elapsed().as_secs_f64(),
             loadavg_start,
+            &split,
         ),
         loadgen_check: check,
         paths: path_reports,

@@ -24,6 +24,9 @@ pub struct RunReport {
     pub duration_s: f64,
     /// Successful requests in the measured window.
     pub completed: u64,
+    /// Successful requests over the whole run, warm-up included: what CPU sampled around the
+    /// whole run is divided by.
+    pub completed_all: u64,
     /// Failed requests in the measured window, by kind.
     pub errors: BTreeMap<String, u64>,
     /// The first failure's message, for diagnosis.

@@ -63,6 +63,7 @@ struct Tally {
     ttft: Recorder,
     slack: Recorder,
     completed: u64,
+    completed_all: u64,
     due: u64,
     unsent: u64,
     tokens: u64,
@@ -151,6 +152,7 @@ async fn worker(opts: Arc<Options>, clock: Clock, schedule: Option<Schedule>) ->
             }
         };
         let result = one(&opts, &mut conn).await;
+        tally.completed_all += u64::from(result.is_ok());
         if measured {
             record(&mut tally, from, &result);
         }
@@ -176,6 +178,7 @@ async fn closed_loop_request(
             return;
         }
     };
+    tally.completed_all += u64::from(result.is_ok());
     if Instant::now() >= clock.measure_from {
         record(tally, from, &result);
     }
@@ -238,6 +241,7 @@ fn merge(total: &mut Tally, t: Tally) {
     total.ttft.merge(&t.ttft);
     total.slack.merge(&t.slack);
     total.completed += t.completed;
+    total.completed_all += t.completed_all;
     total.due += t.due;
     total.unsent += t.unsent;
     total.tokens += t.tokens;
@@ -271,6 +275,7 @@ fn summarise(opts: &Options, t: Tally) -> RunReport {
         warmup_s: opts.warmup.as_secs_f64(),
         duration_s: secs,
         completed: t.completed,
+        completed_all: t.completed_all,
         errors: t
             .errors
             .into_iter()

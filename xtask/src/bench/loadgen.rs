@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use super::{
+    affinity::{self, Cpus},
     plan::{Load, Workload},
     procs,
 };
@@ -46,6 +47,7 @@ pub struct Run {
     pub warmup_s: f64,
     pub duration_s: f64,
     pub completed: u64,
+    pub completed_all: u64,
     pub errors: BTreeMap<String, u64>,
     pub first_error: Option<String>,
     pub unsent: u64,
@@ -94,7 +96,7 @@ impl Run {
 
 impl Loadgen {
     /// Runs `w` against `url` (asking for `model`); the process joins `cgroup` first when
-    /// given (the intercepted cgroup of a sluice path).
+    /// given (the intercepted cgroup of a sluice path) and runs on `cpus` when given.
     pub fn run(
         &self,
         name: &str,
@@ -102,8 +104,12 @@ impl Loadgen {
         model: &str,
         w: &Workload,
         cgroup: Option<&Path>,
+        cpus: Option<&Cpus>,
     ) -> Result<Run> {
         let mut c = self.command(cgroup)?;
+        if let Some(cpus) = cpus {
+            affinity::pin_before_exec(&mut c, cpus);
+        }
         c.arg("run")
             .args(["--url", url, "--model", model])
             .args(["--body-bytes", &w.body_bytes.to_string()])

@@ -4,6 +4,7 @@
 use std::fs;
 
 use super::{
+    affinity::Split,
     backend::BACKEND,
     peers,
     plan::{self, Plan},
@@ -17,6 +18,7 @@ pub fn meta(
     setup_s: f64,
     measure_s: f64,
     loadavg_start: String,
+    split: &Result<Split, String>,
 ) -> Meta {
     let mut m = Meta {
         started_unix,
@@ -56,13 +58,17 @@ pub fn meta(
         .map(|w| WorkloadInfo {
             id: w.id.into(),
             title: w.title.into(),
-            settings: plan::describe(w),
+            settings: match (w.cores, split) {
+                (plan::Cores::Shared, _) => plan::describe(w),
+                (plan::Cores::Split, Ok(s)) => format!("{} ({})", plan::describe(w), s.describe()),
+                (plan::Cores::Split, Err(why)) => format!("{} (not run: {why})", plan::describe(w)),
+            },
         })
         .collect();
     m.notes = vec![
         "Latency of fixed-rate runs is measured from each request's due time (wrk2-style, no coordinated omission); a run that could not keep its rate is marked saturated, and requests it never sent are counted as unsent.".into(),
         "CPU is utime + stime of the path's whole process group from /proc; peak RSS is VmHWM summed over the group, reset before each workload through /proc/<pid>/clear_refs. `other CPU s` is what processes the bench did not start used meanwhile; ⚠ marks a workload during which they took more than a quarter of the machine, whose figures are noisier than the rest.".into(),
-        "The load generator, the backend and the path share the machine's CPUs, as they would on one node.".into(),
+        "The load generator, the backend and the path share the machine's CPUs, as they could on one node, except in the workloads marked \"proxy on cores of its own\": there the load generator and the backend run on one half of the CPUs and every process of the path on the other (sched_setaffinity on every thread, undone after the workload), as the agent does on a node where its pod has CPU of its own. Direct runs in the same placement, its half of the CPUs idle. On a machine with few cores the shared placement mostly measures how much CPU a proxy takes from the client and the backend it is compared with; the split one, how fast it forwards.".into(),
     ];
     m
 }

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::{
-    Backends, Dirs, bpfstats,
+    Backends, Dirs,
+    affinity::Split,
+    bpfstats,
     loadgen::Loadgen,
     peers::Peers,
     plan::Plan,
@@ -45,6 +47,8 @@ pub struct Ctx<'a> {
     pub peers: &'a Peers,
     /// The release `sluice` binary, or why there is none.
     pub sluice: Result<PathBuf, String>,
+    /// The CPUs of split workloads, or why they cannot run.
+    pub split: Result<Split, String>,
 }
 
 /// Where the client sends a workload's requests.

@@ -21,6 +21,16 @@ pub enum Load {
     Max,
 }
 
+/// Where the processes of a workload run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cores {
+    /// Load generator, backend and path on every CPU, competing for them.
+    Shared,
+    /// The path on half the CPUs, load generator and backend on the other half
+    /// (`affinity::Split`).
+    Split,
+}
+
 /// One measurement, run against every path.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Workload {
@@ -34,6 +44,7 @@ pub struct Workload {
     pub load: Load,
     pub connections: u32,
     pub conn_per_request: bool,
+    pub cores: Cores,
     pub warmup: Duration,
     pub duration: Duration,
     pub timeout: Duration,
@@ -65,6 +76,7 @@ pub mod ids {
     pub const CHAT_1K_1000: &str = "chat-1k@1000";
     pub const CHAT_1K_5000: &str = "chat-1k@5000";
     pub const CHAT_1K_MAX: &str = "chat-1k-max";
+    pub const CHAT_1K_MAX_SPLIT: &str = "chat-1k-max-split";
     pub const STREAM_MAX: &str = "stream-256-max";
     pub const STREAM_PACED: &str = "stream-256-paced@16";
     pub const CHAT_64K_MAX: &str = "chat-64k-max";
@@ -84,7 +96,7 @@ impl Plan {
     pub fn new(quick: bool) -> Self {
         let secs = Duration::from_secs_f64;
         let (warmup, duration) = if quick {
-            (secs(0.3), secs(1.0))
+            (secs(0.2), secs(1.0))
         } else {
             (secs(1.0), secs(6.0))
         };
@@ -104,6 +116,7 @@ impl Plan {
             load,
             connections: CONNECTIONS,
             conn_per_request: false,
+            cores: Cores::Shared,
             warmup,
             duration,
             timeout,
@@ -132,6 +145,16 @@ impl Plan {
             1024,
             false,
         ));
+        workloads.push(Workload {
+            cores: Cores::Split,
+            ..w(
+                ids::CHAT_1K_MAX_SPLIT,
+                "1 KB chat completion, max throughput, proxy on cores of its own",
+                Load::Max,
+                1024,
+                false,
+            )
+        });
         workloads.push(w(
             ids::STREAM_MAX,
             "256-token stream, zero-delay backend, max throughput",
@@ -184,7 +207,7 @@ impl Plan {
                 },
             },
             idle_connections: if quick { 250 } else { 1000 },
-            check_duration: if quick { secs(1.0) } else { secs(5.0) },
+            check_duration: if quick { secs(0.5) } else { secs(5.0) },
             check_connections: CONNECTIONS,
         }
     }
@@ -235,8 +258,12 @@ pub fn describe(w: &Workload) -> String {
     } else {
         format!("answer of {} tokens", w.max_tokens)
     };
+    let cores = match w.cores {
+        Cores::Shared => "",
+        Cores::Split => ", the path on cores of its own",
+    };
     format!(
-        "{load}, {} connections{conn}, {}-byte request, {answer}, {backend}; {:.1} s warm-up, {:.1} s measured",
+        "{load}, {} connections{conn}, {}-byte request, {answer}, {backend}{cores}; {:.1} s warm-up, {:.1} s measured",
         w.connections,
         w.body_bytes,
         w.warmup.as_secs_f64(),
@@ -296,7 +323,12 @@ mod tests {
                 && !w.stream));
             assert!(has(&|w| w.load == Load::Max
                 && w.body_bytes == 1024
-                && !w.stream));
+                && !w.stream
+                && w.cores == Cores::Shared));
+            assert!(has(&|w| w.load == Load::Max
+                && w.body_bytes == 1024
+                && !w.stream
+                && w.cores == Cores::Split));
             assert!(has(&|w| w.stream
                 && w.max_tokens == 256
                 && w.backend == Backend::Paced));

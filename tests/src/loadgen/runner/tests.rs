@@ -79,6 +79,8 @@ async fn an_open_loop_sends_the_scheduled_count() {
     assert_eq!(report.errors_total(), 0, "{report:?}");
     assert!(!report.saturated, "{report:?}");
     assert_eq!(report.latency_us.as_ref().unwrap().count, report.completed);
+    // The 20 requests due in the 100 ms warm-up completed too, and count where CPU is divided.
+    assert_eq!(report.completed_all, report.completed + 20, "{report:?}");
     assert!(report.timer_slack_us.is_some());
     server.abort();
 }
@@ -170,6 +172,10 @@ async fn a_closed_loop_counts_completions_in_the_window_and_abandons_the_rest() 
     let report = run(opts).await.unwrap();
     let elapsed = started.elapsed();
     assert!((2..=4).contains(&report.completed), "{report:?}");
+    assert_eq!(
+        report.completed_all, report.completed,
+        "none ended in the warm-up"
+    );
     assert!(report.latency_us.unwrap().min_us >= 250_000.0);
     assert!(
         elapsed < Duration::from_millis(800),

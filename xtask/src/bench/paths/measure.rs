@@ -5,8 +5,9 @@ use anyhow::Result;
 
 use super::{Ctx, Live};
 use crate::bench::{
+    affinity::Placed,
     bpfstats,
-    plan::{Backend, Workload},
+    plan::{Backend, Cores, Workload},
     procs,
     report::{IdleMemory, PathReport, ProcUsage, WorkloadResult},
     sample,
@@ -89,13 +90,29 @@ pub(super) fn workload(
             }
         },
     };
+    // Held until the run's figures are taken; dropping it puts everything back on every CPU.
+    let placed = match (w.cores, &ctx.split) {
+        (Cores::Shared, _) => None,
+        (Cores::Split, Err(why)) => {
+            result.skipped = Some(why.clone());
+            return Ok(result);
+        }
+        (Cores::Split, Ok(split)) => match Placed::new(split, backend.pgid(), live.proxy_pgid) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                result.skipped = Some(format!("{e:#}"));
+                return Ok(result);
+            }
+        },
+    };
     let sampler = Sampler::start(live.proxy_pgid, backend.pgid());
     let bpf = bpf_window(live, w, report);
     let name = format!("{}-{}", report.id, w.id.replace('@', "-at-"));
     let cgroup = live.cgroup.as_deref();
+    let cpus = placed.as_ref().map(Placed::load);
     let run = match ctx
         .loadgen
-        .run(&name, &endpoint.url, endpoint.model, w, cgroup)
+        .run(&name, &endpoint.url, endpoint.model, w, cgroup, cpus)
     {
         Ok(run) => run,
         Err(e) => {
@@ -110,11 +127,12 @@ pub(super) fn workload(
             Err(e) => report.notes.push(format!("eBPF statistics: {e:#}")),
         }
     }
-    let (proxy, backend, other) = sampler.finish(run.completed, run.cpu_s);
+    let (proxy, backend, other) = sampler.finish(run.completed_all, run.cpu_s);
     result.proxy = proxy;
     result.backend = Some(backend);
     result.other_cpu_s = Some(other);
     result.run = Some(run);
+    drop(placed);
     Ok(result)
 }
 
@@ -138,9 +156,9 @@ impl Sampler {
 
     /// `(proxy, backend, CPU seconds of everything the bench did not start)`; the load
     /// generator's own CPU is `loadgen_cpu_s`.
-    fn finish(self, completed: u64, loadgen_cpu_s: f64) -> (Option<ProcUsage>, ProcUsage, f64) {
+    fn finish(self, completed_all: u64, loadgen_cpu_s: f64) -> (Option<ProcUsage>, ProcUsage, f64) {
         let end = |(g, reset, before): (i32, bool, sample::GroupSample)| {
-            usage(&before, &sample::sample(g), reset, completed)
+            usage(&before, &sample::sample(g), reset, completed_all)
         };
         let proxy = self.proxy.map(end);
         let backend = end(self.backend);

@@ -100,7 +100,7 @@ fn loadgen(s: &mut String, r: &Report) {
             run.rps,
             lat(run, |l| l.p50_us),
             lat(run, |l| l.p99_us),
-            per_1000(run.cpu_s, run.completed),
+            per_1000(run.cpu_s, run.completed_all),
         );
     }
     if let (Some(w), Some(l)) = (&c.wrk, &c.loadgen_static) {

@@ -73,6 +73,7 @@ pub mod fixtures {
             warmup_s: 1.0,
             duration_s: 5.0,
             completed: (rps * 5.0) as u64,
+            completed_all: (rps * 6.0) as u64,
             errors: Default::default(),
             first_error: None,
             unsent: 0,

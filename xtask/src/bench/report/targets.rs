@@ -1,6 +1,8 @@
-//! The targets, each checked against this run's figures, or marked not measured with
-//! the reason. They are judged on `sluice-transparent` (full inspection and a token budget);
-//! the eBPF cost comes from whichever sluice path ran its connections through connect4.
+//! The issues' targets, each checked against this run's figures, or marked not measured with
+//! the reason: the benchmark issue's in its order, then the proxy issue's throughput share of
+//! direct, with the proxy on cores of its own and with every process on shared cores. They
+//! are judged on `sluice-transparent` (full inspection and a token budget); the eBPF cost
+//! comes from whichever sluice path ran its connections through connect4.
 
 use serde::Serialize;
 
@@ -57,6 +59,8 @@ pub fn evaluate(r: &Report) -> Vec<TargetCheck> {
         connect4(r),
         idle_rss(subject),
         per_connection(subject),
+        share_of_direct(subject, ids::CHAT_1K_MAX_SPLIT, "proxy on cores of its own"),
+        share_of_direct(subject, ids::CHAT_1K_MAX, "every process on shared cores"),
     ]
 }
 
@@ -103,6 +107,29 @@ fn throughput_vs_haproxy(s: Option<&PathReport>, h: Option<&PathReport>) -> Targ
             s.rps >= h.rps,
         ),
         Err(why) => unmeasured(T, why),
+    }
+}
+
+/// The proxy issue's "throughput ≥ 70% of direct with the same client concurrency".
+fn share_of_direct(s: Option<&PathReport>, workload: &str, placement: &str) -> TargetCheck {
+    let target = format!(
+        "closed-loop throughput (1 KB chat) ≥ 70% of direct's at the same client concurrency, {placement}"
+    );
+    let x = ran(s, SUBJECT).and_then(|s| {
+        let r = s
+            .result(workload)
+            .ok_or_else(|| format!("{workload} did not run"))?;
+        if let Some(why) = &r.skipped {
+            return Err(format!("{workload} did not run: {why}"));
+        }
+        r.vs_direct
+            .as_ref()
+            .and_then(|v| v.rps_x)
+            .ok_or_else(|| format!("{workload} has no comparison with direct"))
+    });
+    match x {
+        Ok(x) => check(&target, format!("×{x:.2} of direct"), x >= 0.70),
+        Err(why) => unmeasured(&target, why),
     }
 }
 

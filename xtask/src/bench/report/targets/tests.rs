@@ -52,6 +52,7 @@ fn standard(subject_rps: f64, subject_p50: f64) -> Vec<PathReport> {
         vec![
             (ids::CHAT_1K_1000, run(1000.0, 60.0, 300.0, None)),
             (ids::CHAT_1K_MAX, run(40_000.0, 300.0, 2_000.0, None)),
+            (ids::CHAT_1K_MAX_SPLIT, run(20_000.0, 300.0, 2_000.0, None)),
             (
                 ids::STREAM_PACED,
                 run(16.0, 2_000_000.0, 2_100_000.0, Some((20_500.0, 21_500.0))),
@@ -64,6 +65,10 @@ fn standard(subject_rps: f64, subject_p50: f64) -> Vec<PathReport> {
         vec![
             (ids::CHAT_1K_1000, run(1000.0, subject_p50, 900.0, None)),
             (ids::CHAT_1K_MAX, run(subject_rps, 500.0, 3_000.0, None)),
+            (
+                ids::CHAT_1K_MAX_SPLIT,
+                run(subject_rps / 2.0, 500.0, 3_000.0, None),
+            ),
             (
                 ids::STREAM_PACED,
                 run(16.0, 2_000_100.0, 2_100_300.0, Some((20_650.0, 21_900.0))),
@@ -101,7 +106,10 @@ fn verdicts(r: &Report) -> Vec<Verdict> {
 #[test]
 fn a_run_that_meets_every_target() {
     let r = report(standard(35_000.0, 150.0));
-    assert_eq!(verdicts(&r), vec![Verdict::Met; 8], "{:#?}", r.targets);
+    assert_eq!(verdicts(&r), vec![Verdict::Met; 10], "{:#?}", r.targets);
+    assert_eq!(r.targets[8].measured, "×0.88 of direct");
+    assert!(r.targets[8].target.contains("cores of its own"));
+    assert!(r.targets[9].target.contains("shared cores"));
     assert_eq!(r.targets[1].measured, "+90 µs");
     assert_eq!(r.targets[3].measured, "+150 µs");
     assert!(
@@ -122,6 +130,34 @@ fn misses_are_reported_as_not_met() {
     assert_eq!(r.targets[0].verdict, Verdict::NotMet, "slower than HAProxy");
     assert_eq!(r.targets[1].verdict, Verdict::NotMet, "+340 µs at p50");
     assert_eq!(r.targets[2].verdict, Verdict::Met);
+    assert_eq!(r.targets[8].verdict, Verdict::NotMet, "×0.50 of direct");
+    assert_eq!(r.targets[9].verdict, Verdict::NotMet);
+}
+
+#[test]
+fn the_share_of_direct_is_judged_at_seventy_percent_in_each_placement() {
+    let mut paths = standard(35_000.0, 150.0);
+    // Split: 13 900 of 20 000 is ×0.695, just short; shared stays ×0.875.
+    paths[1].results[2].run.as_mut().unwrap().rps = 13_900.0;
+    let r = report(paths);
+    assert_eq!(r.targets[8].verdict, Verdict::NotMet, "{:?}", r.targets[8]);
+    assert_eq!(r.targets[8].measured, "×0.69 of direct");
+    assert_eq!(r.targets[9].verdict, Verdict::Met);
+}
+
+#[test]
+fn a_split_workload_that_could_not_run_says_why() {
+    let mut paths = standard(35_000.0, 150.0);
+    let split = &mut paths[1].results[2];
+    split.run = None;
+    split.skipped = Some("needs at least two CPUs".into());
+    let r = report(paths);
+    assert_eq!(r.targets[8].verdict, Verdict::NotMeasured);
+    assert!(
+        r.targets[8].measured.contains("needs at least two CPUs"),
+        "{}",
+        r.targets[8].measured
+    );
 }
 
 #[test]
