@@ -196,7 +196,7 @@ impl Body for SimBody {
     }
 }
 
-// === impl Counting ===
+// === impl Recording ===
 
 impl AsyncRead for Recording {
     fn poll_read(
