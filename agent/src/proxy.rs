@@ -37,6 +37,7 @@ pub mod idle;
 pub mod metrics;
 pub mod oversize;
 pub mod policy;
+mod poll_again;
 pub mod relay;
 pub mod respond;
 pub mod route;
@@ -275,10 +276,10 @@ impl Proxy {
                 Arc::clone(&self.server),
                 drain_rx.clone(),
             );
-            tokio::spawn(async move {
+            tokio::spawn(poll_again::PollAgain::new(async move {
                 let _permit = permit;
                 serve_connection(shared, server, stream, conn, drain).await;
-            });
+            }));
         }
         info!(component = "proxy", "draining connections");
         let _ = drain_tx.send(true);

@@ -23,7 +23,7 @@ use prometheus::IntCounter;
 use tokio::time::{Instant, Sleep};
 
 use super::{BodyError, Failure, Gathered, ResponseBody, with_head};
-use crate::proxy::account::Account;
+use crate::proxy::{account::Account, poll_again};
 
 /// Most bytes gathered before they go out regardless: the write-side buffer a relay adds.
 pub const GATHER_MAX: usize = 16 * 1024;
@@ -135,7 +135,7 @@ impl RelayBody {
                         return self.release();
                     }
                     // Let the upstream connection's task run: it may have the next chunk.
-                    cx.waker().wake_by_ref();
+                    poll_again::yield_now(cx);
                     return Poll::Pending;
                 }
                 Poll::Pending => {

@@ -1,0 +1,210 @@
+use std::{
+    future::Future,
+    pin::pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll, Wake, Waker},
+};
+
+use super::{MAX_AGAIN, PollAgain, yield_now};
+
+/// The task's own waker: counts the wakes that reach the runtime.
+#[derive(Default)]
+struct Count(AtomicUsize);
+
+impl Wake for Count {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn task() -> (Arc<Count>, Waker) {
+    let count = Arc::new(Count::default());
+    let waker = Waker::from(Arc::clone(&count));
+    (count, waker)
+}
+
+fn woken(count: &Count) -> usize {
+    count.0.load(Ordering::SeqCst)
+}
+
+/// Wakes itself on each of its first `wakes` polls, then is ready; counts its polls.
+fn self_waking(wakes: usize, polls: &AtomicUsize) -> impl Future<Output = usize> + '_ {
+    std::future::poll_fn(move |cx: &mut Context<'_>| {
+        let n = polls.fetch_add(1, Ordering::SeqCst);
+        if n < wakes {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        } else {
+            Poll::Ready(n)
+        }
+    })
+}
+
+#[test]
+fn a_self_wake_is_polled_again_without_the_runtime() {
+    let (count, waker) = task();
+    let polls = AtomicUsize::new(0);
+    let mut future = pin!(PollAgain::new(self_waking(2, &polls)));
+    let poll = future.as_mut().poll(&mut Context::from_waker(&waker));
+    assert_eq!(poll, Poll::Ready(2));
+    assert_eq!(polls.load(Ordering::SeqCst), 3);
+    assert_eq!(woken(&count), 0, "the runtime was asked to poll again");
+}
+
+#[test]
+fn a_task_that_keeps_waking_itself_yields_to_the_runtime() {
+    let (count, waker) = task();
+    let polls = AtomicUsize::new(0);
+    let mut future = pin!(PollAgain::new(self_waking(usize::MAX, &polls)));
+    let poll = future.as_mut().poll(&mut Context::from_waker(&waker));
+    assert_eq!(poll, Poll::Pending);
+    assert_eq!(polls.load(Ordering::SeqCst), MAX_AGAIN);
+    assert_eq!(woken(&count), 1, "a yield must reach the runtime once");
+}
+
+/// A yield is for other tasks to run first: polling again at once would defeat it.
+#[test]
+fn a_yield_goes_round_the_runtime() {
+    let (count, waker) = task();
+    let polls = AtomicUsize::new(0);
+    let mut future = pin!(PollAgain::new(std::future::poll_fn(|cx| {
+        if polls.fetch_add(1, Ordering::SeqCst) > 0 {
+            return Poll::Ready(());
+        }
+        yield_now(cx);
+        Poll::Pending
+    })));
+    let mut cx = Context::from_waker(&waker);
+    assert!(future.as_mut().poll(&mut cx).is_pending());
+    assert_eq!((polls.load(Ordering::SeqCst), woken(&count)), (1, 1));
+    assert!(future.as_mut().poll(&mut cx).is_ready());
+}
+
+/// A yield made outside any PollAgain (a task hyper spawned) does not make the next wrapped
+/// task on the thread yield.
+#[test]
+fn a_yield_elsewhere_is_not_taken_for_ours() {
+    let (elsewhere, elsewhere_waker) = task();
+    yield_now(&mut Context::from_waker(&elsewhere_waker));
+    assert_eq!(woken(&elsewhere), 1);
+    let (count, waker) = task();
+    let polls = AtomicUsize::new(0);
+    let mut future = pin!(PollAgain::new(self_waking(1, &polls)));
+    assert!(
+        future
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_ready()
+    );
+    assert_eq!(woken(&count), 0);
+}
+
+#[test]
+fn a_wake_after_the_poll_reaches_the_runtime() {
+    let (count, waker) = task();
+    let mut stored = None;
+    let mut future = pin!(PollAgain::new(std::future::poll_fn(|cx| {
+        stored = Some(cx.waker().clone());
+        Poll::<()>::Pending
+    })));
+    assert!(
+        future
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+    );
+    assert_eq!(woken(&count), 0);
+    let Some(inner) = stored.take() else {
+        panic!("the inner future was not polled");
+    };
+    inner.wake_by_ref();
+    assert_eq!(woken(&count), 1);
+    inner.wake();
+    assert_eq!(woken(&count), 2);
+}
+
+/// A task moved between workers is woken through the waker it was last polled with.
+#[test]
+fn wakes_go_to_the_latest_task_waker() {
+    let (first, first_waker) = task();
+    let (second, second_waker) = task();
+    let mut stored = None;
+    let mut future = pin!(PollAgain::new(std::future::poll_fn(|cx| {
+        stored = Some(cx.waker().clone());
+        Poll::<()>::Pending
+    })));
+    assert!(
+        future
+            .as_mut()
+            .poll(&mut Context::from_waker(&first_waker))
+            .is_pending()
+    );
+    assert!(
+        future
+            .as_mut()
+            .poll(&mut Context::from_waker(&second_waker))
+            .is_pending()
+    );
+    let Some(inner) = stored.take() else {
+        panic!("the inner future was not polled");
+    };
+    inner.wake();
+    assert_eq!((woken(&first), woken(&second)), (0, 1));
+}
+
+/// A wake from another thread that lands during the poll is not lost: it is served by polling
+/// again.
+#[test]
+fn a_wake_from_another_thread_during_the_poll_polls_again() {
+    let (count, waker) = task();
+    let polls = AtomicUsize::new(0);
+    let mut future = pin!(PollAgain::new(std::future::poll_fn(|cx| {
+        if polls.fetch_add(1, Ordering::SeqCst) > 0 {
+            return Poll::Ready(());
+        }
+        let inner = cx.waker().clone();
+        let woke = std::thread::spawn(move || inner.wake()).join();
+        assert!(woke.is_ok());
+        Poll::Pending
+    })));
+    assert!(
+        future
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_ready()
+    );
+    assert_eq!(polls.load(Ordering::SeqCst), 2);
+    assert_eq!(woken(&count), 0);
+}
+
+/// On the runtime: a task whose two halves hand values to each other over channels, as hyper's
+/// connection and its request handler do with a body, runs to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_talking_to_itself_completes_on_the_runtime() {
+    let joined = tokio::spawn(PollAgain::new(async {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<u32>(1);
+        let send = async move {
+            for i in 0..1000 {
+                if tx.send(i).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let receive = async {
+            let mut sum = 0u64;
+            while let Some(i) = rx.recv().await {
+                sum += u64::from(i);
+            }
+            sum
+        };
+        tokio::join!(send, receive).1
+    }));
+    let sum = tokio::time::timeout(std::time::Duration::from_secs(10), joined).await;
+    assert!(matches!(sum, Ok(Ok(499_500))), "{sum:?}");
+}
