@@ -282,12 +282,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// The CPUs this process may use (its affinity and cgroup quota), as Envoy's `--concurrency`.
 ///
 /// On 2 cores shared with client and server, one thread against two (full bench of one build,
-/// 2026-11-24): latency barely moves (a rig median of +122 against +135 µs p50 added at 1000
-/// req/s: one thread has no second worker to wake per request), while throughput falls
-/// everywhere else: 1 KB requests ×0.38 against ×0.51 of direct, 256-token streams ×0.70
-/// against ×1.30, +234 against +117 µs p50 added at 5000 req/s. Two cores say little about a
-/// large node, where a small fixed number is the likelier answer; until one is measured, the
-/// CPUs.
+/// 2026-11-24): throughput falls everywhere: 1 KB requests ×0.38 against ×0.51 of direct,
+/// 256-token streams ×0.70 against ×1.30, +234 against +117 µs p50 added at 5000 req/s. One
+/// thread's only gain then, ~13 µs of p50 at 1000 req/s from not waking a second worker per
+/// request, is gone since the connection task re-polls its own wakes (`proxy::poll_again`).
+/// Two cores say little about a large node, where a small fixed number is the likelier
+/// answer; until one is measured, the CPUs.
 pub fn default_worker_threads() -> usize {
     std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }

@@ -20,6 +20,7 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 
 use super::{GATHER_MAX, RelayBody};
+use crate::proxy::poll_again::PollAgain;
 
 const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
                       transfer-encoding: chunked\r\n\r\n";
@@ -171,11 +172,27 @@ fn concat(frames: &[Bytes]) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_burst_leaves_in_two_frames() {
+    burst_leaves_in_two_frames(false).await;
+}
+
+/// The proxy's connection task polls itself again when it wakes itself; the relay's wake to
+/// let the upstream connection's task run must still go round the runtime, or nothing is
+/// gathered.
+#[tokio::test]
+async fn a_burst_leaves_in_two_frames_from_a_task_that_polls_itself_again() {
+    burst_leaves_in_two_frames(true).await;
+}
+
+async fn burst_leaves_in_two_frames(poll_again: bool) {
     let events: Vec<u8> = (0..200).flat_map(event).collect();
     let mut wire: Vec<u8> = (0..200).flat_map(|i| chunk(&event(i))).collect();
     wire.extend_from_slice(b"0\r\n\r\n");
     let (inner, counter) = upstream(vec![Step::Write(wire)]).await;
-    let relayed = relay(inner, &counter).await;
+    let relayed = if poll_again {
+        PollAgain::new(relay(inner, &counter)).await
+    } else {
+        relay(inner, &counter).await
+    };
     let got = &relayed.frames;
     assert_eq!(relayed.error, None);
     assert_eq!(concat(got), events, "every byte, in order");
