@@ -1,6 +1,8 @@
 use std::{
+    cell::RefCell,
     future::Future,
-    pin::pin,
+    pin::{Pin, pin},
+    rc::Rc,
     sync::{
         Arc,
         atomic::{AtomicUsize, Ordering},
@@ -33,6 +35,33 @@ fn woken(count: &Count) -> usize {
     count.0.load(Ordering::SeqCst)
 }
 
+fn poll_once<F: Future>(future: Pin<&mut F>, waker: &Waker) -> Poll<F::Output> {
+    future.poll(&mut Context::from_waker(waker))
+}
+
+/// Never ready; keeps the waker it was last polled with in `slot`.
+fn keeps_waker(slot: &Rc<RefCell<Option<Waker>>>) -> PollAgain<impl Future<Output = ()>> {
+    let slot = Rc::clone(slot);
+    PollAgain::new(std::future::poll_fn(move |cx| {
+        *slot.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }))
+}
+
+/// Does `first` on its first poll and is pending; ready on every poll after. Counts polls.
+fn pending_once<'a>(
+    polls: &'a AtomicUsize,
+    first: impl Fn(&mut Context<'_>) + 'a,
+) -> PollAgain<impl Future<Output = ()> + 'a> {
+    PollAgain::new(std::future::poll_fn(move |cx| {
+        if polls.fetch_add(1, Ordering::SeqCst) > 0 {
+            return Poll::Ready(());
+        }
+        first(cx);
+        Poll::Pending
+    }))
+}
+
 /// Wakes itself on each of its first `wakes` polls, then is ready; counts its polls.
 fn self_waking(wakes: usize, polls: &AtomicUsize) -> impl Future<Output = usize> + '_ {
     std::future::poll_fn(move |cx: &mut Context<'_>| {
@@ -51,7 +80,7 @@ fn a_self_wake_is_polled_again_without_the_runtime() {
     let (count, waker) = task();
     let polls = AtomicUsize::new(0);
     let mut future = pin!(PollAgain::new(self_waking(2, &polls)));
-    let poll = future.as_mut().poll(&mut Context::from_waker(&waker));
+    let poll = poll_once(future.as_mut(), &waker);
     assert_eq!(poll, Poll::Ready(2));
     assert_eq!(polls.load(Ordering::SeqCst), 3);
     assert_eq!(woken(&count), 0, "the runtime was asked to poll again");
@@ -62,7 +91,7 @@ fn a_task_that_keeps_waking_itself_yields_to_the_runtime() {
     let (count, waker) = task();
     let polls = AtomicUsize::new(0);
     let mut future = pin!(PollAgain::new(self_waking(usize::MAX, &polls)));
-    let poll = future.as_mut().poll(&mut Context::from_waker(&waker));
+    let poll = poll_once(future.as_mut(), &waker);
     assert_eq!(poll, Poll::Pending);
     assert_eq!(polls.load(Ordering::SeqCst), MAX_AGAIN);
     assert_eq!(woken(&count), 1, "a yield must reach the runtime once");
@@ -73,13 +102,7 @@ fn a_task_that_keeps_waking_itself_yields_to_the_runtime() {
 fn a_yield_goes_round_the_runtime() {
     let (count, waker) = task();
     let polls = AtomicUsize::new(0);
-    let mut future = pin!(PollAgain::new(std::future::poll_fn(|cx| {
-        if polls.fetch_add(1, Ordering::SeqCst) > 0 {
-            return Poll::Ready(());
-        }
-        yield_now(cx);
-        Poll::Pending
-    })));
+    let mut future = pin!(pending_once(&polls, yield_now));
     let mut cx = Context::from_waker(&waker);
     assert!(future.as_mut().poll(&mut cx).is_pending());
     assert_eq!((polls.load(Ordering::SeqCst), woken(&count)), (1, 1));
@@ -96,29 +119,16 @@ fn a_yield_elsewhere_is_not_taken_for_ours() {
     let (count, waker) = task();
     let polls = AtomicUsize::new(0);
     let mut future = pin!(PollAgain::new(self_waking(1, &polls)));
-    assert!(
-        future
-            .as_mut()
-            .poll(&mut Context::from_waker(&waker))
-            .is_ready()
-    );
+    assert!(poll_once(future.as_mut(), &waker).is_ready());
     assert_eq!(woken(&count), 0);
 }
 
 #[test]
 fn a_wake_after_the_poll_reaches_the_runtime() {
     let (count, waker) = task();
-    let mut stored = None;
-    let mut future = pin!(PollAgain::new(std::future::poll_fn(|cx| {
-        stored = Some(cx.waker().clone());
-        Poll::<()>::Pending
-    })));
-    assert!(
-        future
-            .as_mut()
-            .poll(&mut Context::from_waker(&waker))
-            .is_pending()
-    );
+    let stored = Rc::default();
+    let mut future = pin!(keeps_waker(&stored));
+    assert!(poll_once(future.as_mut(), &waker).is_pending());
     assert_eq!(woken(&count), 0);
     let Some(inner) = stored.take() else {
         panic!("the inner future was not polled");
@@ -134,23 +144,10 @@ fn a_wake_after_the_poll_reaches_the_runtime() {
 fn wakes_go_to_the_latest_task_waker() {
     let (first, first_waker) = task();
     let (second, second_waker) = task();
-    let mut stored = None;
-    let mut future = pin!(PollAgain::new(std::future::poll_fn(|cx| {
-        stored = Some(cx.waker().clone());
-        Poll::<()>::Pending
-    })));
-    assert!(
-        future
-            .as_mut()
-            .poll(&mut Context::from_waker(&first_waker))
-            .is_pending()
-    );
-    assert!(
-        future
-            .as_mut()
-            .poll(&mut Context::from_waker(&second_waker))
-            .is_pending()
-    );
+    let stored = Rc::default();
+    let mut future = pin!(keeps_waker(&stored));
+    assert!(poll_once(future.as_mut(), &first_waker).is_pending());
+    assert!(poll_once(future.as_mut(), &second_waker).is_pending());
     let Some(inner) = stored.take() else {
         panic!("the inner future was not polled");
     };
@@ -164,21 +161,12 @@ fn wakes_go_to_the_latest_task_waker() {
 fn a_wake_from_another_thread_during_the_poll_polls_again() {
     let (count, waker) = task();
     let polls = AtomicUsize::new(0);
-    let mut future = pin!(PollAgain::new(std::future::poll_fn(|cx| {
-        if polls.fetch_add(1, Ordering::SeqCst) > 0 {
-            return Poll::Ready(());
-        }
+    let mut future = pin!(pending_once(&polls, |cx| {
         let inner = cx.waker().clone();
         let woke = std::thread::spawn(move || inner.wake()).join();
         assert!(woke.is_ok());
-        Poll::Pending
-    })));
-    assert!(
-        future
-            .as_mut()
-            .poll(&mut Context::from_waker(&waker))
-            .is_ready()
-    );
+    }));
+    assert!(poll_once(future.as_mut(), &waker).is_ready());
     assert_eq!(polls.load(Ordering::SeqCst), 2);
     assert_eq!(woken(&count), 0);
 }
