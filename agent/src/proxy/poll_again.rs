@@ -8,11 +8,11 @@
 //! that was ~1.85 futex calls per request and a second thread woken per request, a cost nginx
 //! and HAProxy do not pay. Re-polling here keeps the request on the thread that has it, and
 //! stays fair: after [`MAX_AGAIN`] polls in a row the task yields through the runtime as
-//! before. Code that wakes its task *in order to* let other tasks run first says so with
-//! [`yield_now`].
+//! before. Wakes tokio defers past the poll (`tokio::task::yield_now`, a spent cooperative
+//! budget) are not seen here and go round the runtime: a task that yields on purpose still
+//! lets the others run first.
 
 use std::{
-    cell::Cell,
     future::Future,
     pin::Pin,
     sync::{
@@ -28,18 +28,6 @@ const MAX_AGAIN: usize = 4;
 
 const POLLING: u8 = 1;
 const WOKEN: u8 = 2;
-
-thread_local! {
-    /// Set by [`yield_now`] during a poll: the wake that came with it must go round the runtime.
-    static YIELDED: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Wakes the task to run again after the tasks that are ready now (another task may be about
-/// to hand it data): a plain self-wake under [`PollAgain`] would be polled again at once.
-pub fn yield_now(cx: &mut Context<'_>) {
-    YIELDED.set(true);
-    cx.waker().wake_by_ref();
-}
 
 pin_project_lite::pin_project! {
     /// Wraps a task's future; see the module docs.
@@ -82,17 +70,11 @@ impl<F: Future> Future for PollAgain<F> {
         let mut inner_cx = Context::from_waker(this.waker);
         for _ in 0..MAX_AGAIN {
             this.signal.state.store(POLLING, Ordering::Release);
-            // Cleared first: a yield_now outside any PollAgain must not count here.
-            YIELDED.set(false);
             let poll = this.inner.as_mut().poll(&mut inner_cx);
-            let yielded = YIELDED.replace(false);
             // AcqRel: a wake that landed during the poll published what it woke us for.
             let state = this.signal.state.swap(0, Ordering::AcqRel);
             if poll.is_ready() || state & WOKEN == 0 {
                 return poll;
-            }
-            if yielded {
-                break;
             }
         }
         cx.waker().wake_by_ref();

@@ -10,7 +10,7 @@ use std::{
     task::{Context, Poll, Wake, Waker},
 };
 
-use super::{MAX_AGAIN, PollAgain, yield_now};
+use super::{MAX_AGAIN, PollAgain};
 
 /// The task's own waker: counts the wakes that reach the runtime.
 #[derive(Default)]
@@ -97,32 +97,6 @@ fn a_task_that_keeps_waking_itself_yields_to_the_runtime() {
     assert_eq!(woken(&count), 1, "a yield must reach the runtime once");
 }
 
-/// A yield is for other tasks to run first: polling again at once would defeat it.
-#[test]
-fn a_yield_goes_round_the_runtime() {
-    let (count, waker) = task();
-    let polls = AtomicUsize::new(0);
-    let mut future = pin!(pending_once(&polls, yield_now));
-    let mut cx = Context::from_waker(&waker);
-    assert!(future.as_mut().poll(&mut cx).is_pending());
-    assert_eq!((polls.load(Ordering::SeqCst), woken(&count)), (1, 1));
-    assert!(future.as_mut().poll(&mut cx).is_ready());
-}
-
-/// A yield made outside any PollAgain (a task hyper spawned) does not make the next wrapped
-/// task on the thread yield.
-#[test]
-fn a_yield_elsewhere_is_not_taken_for_ours() {
-    let (elsewhere, elsewhere_waker) = task();
-    yield_now(&mut Context::from_waker(&elsewhere_waker));
-    assert_eq!(woken(&elsewhere), 1);
-    let (count, waker) = task();
-    let polls = AtomicUsize::new(0);
-    let mut future = pin!(PollAgain::new(self_waking(1, &polls)));
-    assert!(poll_once(future.as_mut(), &waker).is_ready());
-    assert_eq!(woken(&count), 0);
-}
-
 #[test]
 fn a_wake_after_the_poll_reaches_the_runtime() {
     let (count, waker) = task();
@@ -169,6 +143,48 @@ fn a_wake_from_another_thread_during_the_poll_polls_again() {
     assert!(poll_once(future.as_mut(), &waker).is_ready());
     assert_eq!(polls.load(Ordering::SeqCst), 2);
     assert_eq!(woken(&count), 0);
+}
+
+/// Polls `work` on the runtime under PollAgain; returns how many times the runtime polled the
+/// task and how many times PollAgain polled `work`.
+async fn polls_on_the_runtime(work: impl Future<Output = ()> + Send + 'static) -> (usize, usize) {
+    let inner = Arc::new(AtomicUsize::new(0));
+    let outer = Arc::new(AtomicUsize::new(0));
+    let mut work = Box::pin(work);
+    let counted = Arc::clone(&inner);
+    let mut wrapped = Box::pin(PollAgain::new(std::future::poll_fn(move |cx| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        work.as_mut().poll(cx)
+    })));
+    let counted = Arc::clone(&outer);
+    let task = tokio::spawn(std::future::poll_fn(move |cx| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        wrapped.as_mut().poll(cx)
+    }));
+    let done = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+    assert!(matches!(done, Ok(Ok(()))), "{done:?}");
+    (outer.load(Ordering::SeqCst), inner.load(Ordering::SeqCst))
+}
+
+/// A yield is for other tasks to run first (the relay's burst gathering depends on it):
+/// tokio defers its wake past the poll, so it goes round the runtime.
+#[tokio::test]
+async fn a_tokio_yield_goes_round_the_runtime() {
+    let (outer, inner) = polls_on_the_runtime(tokio::task::yield_now()).await;
+    assert_eq!((outer, inner), (2, 2));
+}
+
+/// A task that spent tokio's budget for this poll yields without being polled again.
+#[tokio::test]
+async fn a_task_out_of_budget_yields_at_once() {
+    let (outer, inner) = polls_on_the_runtime(async {
+        for _ in 0..1000 {
+            tokio::task::coop::consume_budget().await;
+        }
+    })
+    .await;
+    assert!(outer > 1, "the budget never ran out: {outer} polls");
+    assert_eq!(inner, outer, "polled again while out of budget");
 }
 
 /// On the runtime: a task whose two halves hand values to each other over channels, as hyper's

@@ -2,15 +2,7 @@
 //! side is scripted: bursts leave as few frames, paced chunks each as their own, and nothing
 //! is lost or reordered either way.
 
-use std::{
-    pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
-    task::{Context, Wake, Waker},
-    time::Duration,
-};
+use std::{pin::Pin, time::Duration};
 
 use bytes::{Bytes, BytesMut};
 use http_body::Body as _;
@@ -19,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, DuplexStream};
 
-use super::{GATHER_MAX, RelayBody};
+use super::{super::ResponseBody, GATHER_MAX, RelayBody};
 use crate::proxy::poll_again::PollAgain;
 
 const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\
@@ -87,31 +79,11 @@ async fn serve(mut far: DuplexStream, script: Vec<Step>) {
 }
 
 /// What the relay gave: every frame, the error that ended it if one did, and how many times it
-/// held bytes back for a scheduler round (woke its own task while returning `Pending`).
+/// held bytes back for a scheduler round.
 struct Relayed {
     frames: Vec<Bytes>,
     error: Option<String>,
     rounds_held: usize,
-}
-
-/// Counts the wakes that happen while the relay is being polled: those are its own.
-struct SelfWakes {
-    task: Waker,
-    during_poll: AtomicBool,
-    count: AtomicUsize,
-}
-
-impl Wake for SelfWakes {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if self.during_poll.load(Ordering::SeqCst) {
-            self.count.fetch_add(1, Ordering::SeqCst);
-        }
-        self.task.wake_by_ref();
-    }
 }
 
 async fn relay(inner: Incoming, counter: &IntCounter) -> Relayed {
@@ -123,25 +95,9 @@ async fn relay(inner: Incoming, counter: &IntCounter) -> Relayed {
         None,
     );
     let mut frames = Vec::new();
-    let mut rounds_held = 0;
     let next = async {
         loop {
-            let polled = std::future::poll_fn(|cx| {
-                let wakes = Arc::new(SelfWakes {
-                    task: cx.waker().clone(),
-                    during_poll: AtomicBool::new(true),
-                    count: AtomicUsize::new(0),
-                });
-                let waker = Waker::from(Arc::clone(&wakes));
-                let polled = Pin::new(&mut body).poll_frame(&mut Context::from_waker(&waker));
-                wakes.during_poll.store(false, Ordering::SeqCst);
-                if polled.is_pending() && wakes.count.load(Ordering::SeqCst) > 0 {
-                    rounds_held += 1;
-                }
-                polled
-            })
-            .await;
-            match polled {
+            match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
                 None => return None,
                 Some(Err(error)) => return Some(error.to_string()),
                 Some(Ok(frame)) => {
@@ -155,10 +111,13 @@ async fn relay(inner: Incoming, counter: &IntCounter) -> Relayed {
     let error = tokio::time::timeout(Duration::from_secs(10), next)
         .await
         .unwrap_or_else(|_| panic!("the relay hung"));
+    let ResponseBody::Relay(relay) = &body else {
+        panic!("a streamed response gets the relay");
+    };
     Relayed {
         frames,
         error,
-        rounds_held,
+        rounds_held: relay.rounds_held,
     }
 }
 
