@@ -285,7 +285,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// 2026-11-24): throughput falls everywhere: 1 KB requests ×0.38 against ×0.51 of direct,
 /// 256-token streams ×0.70 against ×1.30, +234 against +117 µs p50 added at 5000 req/s. One
 /// thread's only gain then, ~13 µs of p50 at 1000 req/s from not waking a second worker per
-/// request, is gone since the connection task re-polls its own wakes (`proxy::poll_again`).
+/// request, is gone since the connection task re-polls its own wakes (`proxy::poll_again`):
+/// three alternating rig pairs gave +61 to +67 µs added with one thread, +64 to +67 with two.
 /// Two cores say little about a large node, where a small fixed number is the likelier
 /// answer; until one is measured, the CPUs.
 pub fn default_worker_threads() -> usize {

@@ -276,6 +276,7 @@ impl Proxy {
                 Arc::clone(&self.server),
                 drain_rx.clone(),
             );
+            // Reading a request body wakes this very task: see poll_again for why it matters.
             tokio::spawn(poll_again::PollAgain::new(async move {
                 let _permit = permit;
                 serve_connection(shared, server, stream, conn, drain).await;
